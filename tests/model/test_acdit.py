@@ -1,0 +1,153 @@
+import copy
+
+import pytest
+import torch
+
+from conftest import randomize_
+from unimodal.batch import Example, collate
+from unimodal.layout import Image, Layout, Text, Video
+from unimodal.model import create_model
+
+C = 12  # visual token width
+
+
+def make_model(**kw):
+    torch.manual_seed(0)
+    return randomize_(create_model("tiny", token_dim=C, vocab_size=64, num_classes=5, **kw)).eval()
+
+
+def mixed_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lay = Layout([Text([1, 5, 6]), Image(4, 4, 2, 2), Text([7, 8, 2])])
+    vid = Layout([Video(4, 2, 2, 2), Text([9, 10])])
+    rows = [
+        Example(lay, torch.randn(16, C, generator=g), 2),
+        [Example(vid, torch.randn(16, C, generator=g), 4), Example(Layout([Text([3, 4, 5])]))],
+    ]
+    b = collate(rows, C, seq_len=48)
+    b.t = torch.randint(0, 1000, b.t.shape, generator=g)
+    return b, lay
+
+
+@torch.no_grad()
+def test_clean_stream_independent_of_t_label_and_noisy_tokens():
+    m = make_model()
+    b, _ = mixed_batch()
+    layers = tuple(range(m.cfg.n_layer + 1))
+    ref = m(b, hidden_layers=layers)
+    b2 = b.replace(
+        t=torch.randint(0, 1000, b.t.shape),
+        y=torch.randint(-1, 5, b.y.shape),
+        visual=torch.where(b.noisy[..., None], torch.randn_like(b.visual), b.visual),
+    )
+    out = m(b2, hidden_layers=layers)
+    clean = ~b.noisy
+    for i in layers:
+        torch.testing.assert_close(out.hidden[i][clean], ref.hidden[i][clean])
+    torch.testing.assert_close(out.text_logits, ref.text_logits)
+    assert not torch.allclose(out.eps[b.noisy], ref.eps[b.noisy]), "the perturbation changed nothing"
+
+
+@torch.no_grad()
+def test_eps_of_block_i_ignores_later_clean_blocks_and_other_noisy_blocks():
+    m = make_model()
+    b, lay = mixed_batch()
+    ref = m(b).eps
+    for i, blk in enumerate(lay.blocks):
+        vis = b.visual.clone()
+        for j, other in enumerate(lay.blocks):
+            if j >= i:  # clean blocks >= i
+                vis[0, other.clean[0] : other.clean[1]] += torch.randn(other.clean[1] - other.clean[0], C)
+            if j != i:  # other noisy blocks
+                vis[0, other.noisy[0] : other.noisy[1]] += torch.randn(other.noisy[1] - other.noisy[0], C)
+        t = b.t.clone()
+        t[0, [s.slot for s in lay.blocks if s.slot != blk.slot]] = 3  # other blocks' timesteps
+        out = m(b.replace(visual=vis, t=t)).eps
+        n0, n1 = blk.noisy
+        torch.testing.assert_close(out[0, n0:n1], ref[0, n0:n1])
+        if i > 0:  # an earlier clean block does matter
+            vis2 = b.visual.clone()
+            c0, c1 = lay.blocks[i - 1].clean
+            vis2[0, c0:c1] += 1.0
+            assert not torch.allclose(m(b.replace(visual=vis2)).eps[0, n0:n1], ref[0, n0:n1])
+
+
+@torch.no_grad()
+def test_text_logits_causal():
+    m = make_model()
+    lay = Layout([Text(list(range(1, 11)))])
+    b = collate([Example(lay)], C)
+    ref = m(b).text_logits
+    for p in range(9):
+        ids = b.text_ids.clone()
+        ids[0, p + 1 :] = torch.randint(11, 64, (10 - p - 1,))
+        out = m(b.replace(text_ids=ids)).text_logits
+        torch.testing.assert_close(out[0, : p + 1], ref[0, : p + 1])
+        assert not torch.allclose(out[0, p + 1 :], ref[0, p + 1 :])
+
+
+@torch.no_grad()
+def test_packed_documents_do_not_interact():
+    m = make_model()
+    g = torch.Generator().manual_seed(3)
+    a = Example(Layout([Text([1, 2]), Image(2, 4, 2, 2)]), torch.randn(8, C, generator=g), 1)
+    c = Example(Layout([Image(2, 2, 1, 1), Text([4])]), torch.randn(4, C, generator=g), 3)
+    packed = collate([[a, c]], C, seq_len=40)
+    packed.t = torch.tensor([[10, 500, 20, 30, 40, 50]])
+    alone_a = collate([a], C)
+    alone_a.t = packed.t[:, :2]
+    alone_c = collate([c], C)
+    alone_c.t = packed.t[:, 2:]
+    out = m(packed)
+    oa, oc = m(alone_a), m(alone_c)
+    La, Lc = alone_a.shape[1], alone_c.shape[1]
+    torch.testing.assert_close(out.eps[0, :La], oa.eps[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.eps[0, La : La + Lc], oc.eps[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.text_logits[0, La : La + Lc], oc.text_logits[0], atol=1e-5, rtol=1e-5)
+
+
+def test_zero_init_gives_zero_eps_and_plain_residuals():
+    m = create_model("tiny", token_dim=C, vocab_size=64)
+    b, _ = mixed_batch()
+    out = m(b)
+    assert torch.count_nonzero(out.eps) == 0  # final linear is zero-initialised (adaLN-Zero)
+    assert out.text_logits.shape == (2, 48, 64)
+
+
+@torch.no_grad()
+def test_flex_attention_matches_sdpa():
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    m = make_model()
+    b, _ = mixed_batch()
+    ref = m(b, hidden_layers=(2,))
+    flex = copy.deepcopy(m)
+    flex.cfg.attn_backend = "flex"
+    try:
+        out = flex(b, hidden_layers=(2,))
+    except Exception as e:  # pragma: no cover - depends on the platform's compiler
+        pytest.skip(f"FlexAttention does not run here: {type(e).__name__}: {e}")
+    real = b.doc >= 0
+    torch.testing.assert_close(out.hidden[2][real], ref.hidden[2][real], atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(out.eps, ref.eps, atol=2e-4, rtol=2e-4)
+
+
+def test_tiny_model_overfits_one_mixed_batch():
+    from unimodal.diffusion.loss import compute_loss
+    from unimodal.diffusion.schedule import NoiseSchedule, ScheduleConfig
+
+    torch.manual_seed(0)
+    m = create_model("tiny", token_dim=C, vocab_size=64, num_classes=5)
+    b, _ = mixed_batch()
+    sched = NoiseSchedule(ScheduleConfig())
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 1000, b.t.shape, generator=g)
+    noise = torch.randn(b.visual.shape, generator=g)
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-3, weight_decay=0.0)
+    losses = []
+    for _ in range(300):
+        parts = compute_loss(m, b, sched, t=t, noise=noise)
+        opt.zero_grad()
+        parts["loss"].backward()
+        opt.step()
+        losses.append(parts["loss"].item())
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])

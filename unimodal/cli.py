@@ -1,0 +1,109 @@
+"""The `unimodal` command line. Each subcommand lives in a small `_cmd_*` function."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from importlib import metadata
+
+from . import __version__
+from .config import PRESETS, ConfigError, ModelConfig
+
+
+def _version(pkg: str) -> str:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from .model import ACDiT
+
+    print(f"unimodal {__version__}")
+    print(f"python {platform.python_version()} on {platform.machine()}")
+    for pkg in ("torch", "diffusers", "transformers", "deepspeed", "datasets", "sentencepiece", "open-clip-torch", "scikit-learn"):
+        print(f"  {pkg:16s} {_version(pkg)}")
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    print(f"device: {device}" + (f" ({torch.cuda.get_device_name(0)})" if cuda else ""))
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+
+        flex = "available" + ("" if cuda else " (forward only on CPU)")
+    except ImportError:
+        flex = "not available"
+    print(f"attention backend (auto): {'flex' if cuda else 'sdpa + dense SCAM mask'} for training; FlexAttention {flex}")
+    print("model presets:")
+    for name in PRESETS:
+        cfg = ModelConfig.from_name(name)
+        with torch.device("meta"):
+            n = ACDiT(cfg).num_params()
+        print(f"  {name:5s} {cfg.n_layer:3d} layers x {cfg.d_model:5d}  heads {cfg.n_head:3d}  {n / 1e6:8.1f}M params")
+    if args.forward:
+        _forward_report(args.preset)
+    return 0
+
+
+def _forward_report(preset: str) -> None:
+    """One forward + backward of a preset on an interleaved text+image example, with timings."""
+    import torch
+
+    from .batch import Example, collate
+    from .diffusion.loss import compute_loss
+    from .diffusion.schedule import NoiseSchedule, ScheduleConfig
+    from .layout import Image, Layout, Text
+    from .model import create_model
+
+    torch.manual_seed(0)
+    model = create_model(preset, num_classes=10)
+    C = model.cfg.token_dim
+    lay = Layout([Text([1, 17, 42, 3]), Image(8, 8, 4, 4), Text([4, 99, 2])])
+    batch = collate([Example(lay, torch.randn(64, C), 3)] * 4, C)
+    t0 = time.perf_counter()
+    parts = compute_loss(model, batch, NoiseSchedule(ScheduleConfig()))
+    parts["loss"].backward()
+    dt = time.perf_counter() - t0
+    print(f"forward+backward of '{preset}' ({model.num_params() / 1e6:.2f}M params) on {lay}, batch 4: {dt * 1e3:.0f} ms")
+    print("  " + "  ".join(f"{k}={v.item():.4f}" for k, v in parts.items()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="unimodal",
+        description="Unified multimodal understanding and generation on one ACDiT backbone.",
+    )
+    p.add_argument("--version", action="version", version=f"unimodal {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    info = sub.add_parser("info", help="versions, model presets and the attention backend")
+    info.add_argument("--forward", action="store_true", help="also run and time one forward+backward pass")
+    info.add_argument("--preset", default="tiny", choices=list(PRESETS), help="preset for --forward")
+    info.set_defaults(func=_cmd_info)
+    for register in _REGISTRARS:
+        register(sub)
+    return p
+
+
+# Later subcommands (sample, train, eval, ...) add themselves here: each is a function(subparsers).
+_REGISTRARS: list = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"unimodal {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

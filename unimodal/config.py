@@ -1,0 +1,167 @@
+"""Typed model configuration with named presets and YAML in/out.
+
+`ModelConfig.from_name("B", vocab_size=32000)` gives a preset with overrides;
+`ModelConfig.from_file("configs/model/B.yaml")` reads one; `cfg.to_yaml()`
+writes the resolved config that travels with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+ATTN_BACKENDS = ("auto", "sdpa", "flex")
+ROPE_STYLES = ("mrope", "acdit")
+
+# name -> (n_layer, d_model); head dim is 64 for every preset (paper, DiT).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(n_layer=2, d_model=128),  # CPU tests: 2 heads
+    "S": dict(n_layer=12, d_model=384),  # DiT-S size: 6 heads
+    "B": dict(n_layer=12, d_model=768),  # ACDiT-B 132M
+    "L": dict(n_layer=24, d_model=1024),  # ACDiT-L 460M
+    "XL": dict(n_layer=28, d_model=1152),  # ACDiT-XL 677M
+    "H": dict(n_layer=32, d_model=1280),  # ACDiT-H 954M
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the valid values."""
+
+
+def suggest(name: str, valid: list[str] | tuple[str, ...]) -> str:
+    """Return a ' Did you mean ...?' hint for an unknown name ('' when nothing is close)."""
+    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+@dataclass
+class ModelConfig:
+    """Shape of an ACDiT backbone over interleaved text and visual tokens.
+
+    Attributes follow DESIGN.md §3; every default carries its reason.
+    """
+
+    name: str = "tiny"
+    n_layer: int = 2  # transformer blocks
+    d_model: int = 128  # hidden width; n_head = d_model // head_dim
+    head_dim: int = 64  # paper and DiT use 64 for every size
+    mlp_ratio: float = 4.0  # DiT MLP ratio, tanh-GELU
+    qkv_bias: bool = True  # as the released ACDiT
+    norm_eps: float = 1e-6  # RMSNorm eps of the release
+    vocab_size: int = 512  # text vocabulary (0: no text path)
+    tie_embeddings: bool = False  # share token embedding and LM head
+    token_dim: int = 48  # visual token width: channels * patch**2 (pixels) or VAE channels * patch**2
+    num_classes: int = 0  # class-conditional label table size (0: none); null class = num_classes
+    rope_axes: tuple[int, int, int] = (16, 24, 24)  # head dim split over (t, h, w); each even, sums to head_dim
+    rope_theta: float = 10000.0  # rotary base for every axis
+    rope_style: Literal["mrope", "acdit"] = "mrope"  # "acdit" reproduces the release's RoPE-ND quirks
+    attn_backend: Literal["auto", "sdpa", "flex"] = "auto"  # auto: flex on CUDA, SDPA + dense mask elsewhere
+    freq_dim: int = 256  # sinusoidal timestep embedding width (release: 256)
+
+    def __post_init__(self) -> None:
+        self.rope_axes = tuple(int(a) for a in self.rope_axes)  # YAML gives lists
+        self.validate()
+
+    @property
+    def n_head(self) -> int:
+        return self.d_model // self.head_dim
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad field and what is valid."""
+        for f in ("n_layer", "d_model", "head_dim", "token_dim", "freq_dim"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"ModelConfig.{f}={v!r} is invalid: must be a positive integer")
+        for f in ("vocab_size", "num_classes"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"ModelConfig.{f}={v!r} is invalid: must be an integer >= 0")
+        if self.d_model % self.head_dim:
+            raise ConfigError(
+                f"ModelConfig.d_model={self.d_model} is invalid: must be a multiple of head_dim={self.head_dim}"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"ModelConfig.head_dim={self.head_dim} is invalid: must be even for rotary embeddings")
+        if len(self.rope_axes) != 3 or any(a < 0 or a % 2 for a in self.rope_axes) or sum(self.rope_axes) != self.head_dim:
+            raise ConfigError(
+                f"ModelConfig.rope_axes={self.rope_axes} is invalid: need 3 even non-negative widths for (t, h, w) "
+                f"summing to head_dim={self.head_dim}"
+            )
+        if self.mlp_ratio <= 0:
+            raise ConfigError(f"ModelConfig.mlp_ratio={self.mlp_ratio} is invalid: must be > 0")
+        if self.rope_theta <= 0:
+            raise ConfigError(f"ModelConfig.rope_theta={self.rope_theta} is invalid: must be > 0")
+        if self.rope_style not in ROPE_STYLES:
+            raise ConfigError(f"ModelConfig.rope_style={self.rope_style!r} is invalid: must be one of {ROPE_STYLES}")
+        if self.attn_backend not in ATTN_BACKENDS:
+            raise ConfigError(
+                f"ModelConfig.attn_backend={self.attn_backend!r} is invalid: must be one of {ATTN_BACKENDS}"
+            )
+        if self.tie_embeddings and self.vocab_size == 0:
+            raise ConfigError("ModelConfig.tie_embeddings=True needs vocab_size > 0")
+
+    # --- construction -----------------------------------------------------------------
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "ModelConfig":
+        """Preset by name (`tiny`, `S`, `B`, `L`, `XL`, `H`) with field overrides."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; valid presets: {list(PRESETS)}.{suggest(name, list(PRESETS))}")
+        return cls.from_dict({"name": name, **PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """Build from a mapping, rejecting unknown keys by name."""
+        valid = [f.name for f in fields(cls)]
+        unknown = [k for k in d if k not in valid]
+        if unknown:
+            k = unknown[0]
+            raise ConfigError(f"unknown ModelConfig field {k!r}; valid fields: {valid}.{suggest(k, valid)}")
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ModelConfig":
+        """Read a YAML file. A `preset:` key starts from that preset; other keys override it."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"model config file {str(path)!r} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"model config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+        preset = data.pop("preset", None)
+        return cls.from_name(preset, **data) if preset else cls.from_dict(data)
+
+    @classmethod
+    def resolve(cls, spec: "str | Path | ModelConfig", **overrides: Any) -> "ModelConfig":
+        """A preset name, a YAML path, or a config (copied) — with overrides."""
+        if isinstance(spec, ModelConfig):
+            return dataclasses.replace(spec, **overrides)
+        if str(spec) in PRESETS:
+            return cls.from_name(str(spec), **overrides)
+        cfg = cls.from_file(spec)
+        return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["rope_axes"] = list(self.rope_axes)
+        return d
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """The resolved config as YAML; also written to `path` when given."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def num_params_estimate(self) -> int:
+        """Rough parameter count of the transformer blocks (12·D² per layer + adaLN 6·D² per layer)."""
+        return self.n_layer * 18 * self.d_model**2
+
+
+def list_presets() -> list[str]:
+    return list(PRESETS)
+

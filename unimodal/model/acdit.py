@@ -1,0 +1,320 @@
+"""The ACDiT backbone over one interleaved sequence of text tokens and visual blocks.
+
+DiT-style blocks (RMSNorm, per-head QK RMSNorm, qkv bias, tanh-GELU MLP) where
+AdaLN-Zero modulation by (time + class) embedding touches only noisy tokens:
+clean and text tokens pass plain RMSNorm and an ungated residual, so the clean
+stream never depends on t or on the class label (DESIGN.md §2–3).
+
+`forward(batch)` returns text logits at text positions, ε at noisy positions
+and, on request, hidden states after chosen layers. Attention masks come from
+`unimodal.masks` only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..batch import SequenceBatch
+from ..config import ModelConfig
+from ..layout import TEXT
+from ..masks import dense_mask, scam_block_mask
+from .kv_cache import KVCache
+from .rope import apply_rope, rope_tables
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32 (eps 1e-6 as the release), with a learned scale."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+@dataclass
+class AttnContext:
+    """What every layer's attention needs for one forward: backend, mask, rotary tables, cache."""
+
+    backend: str  # "sdpa" or "flex"
+    mask: object  # (B, 1, Lq, Lk) bool for SDPA, a BlockMask for flex
+    cos: torch.Tensor  # (B, L, hd)
+    sin: torch.Tensor
+    cache: KVCache | None = None
+    update_cache: bool = False
+
+
+_flex_compiled = None
+
+
+def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: object) -> torch.Tensor:
+    global _flex_compiled
+    if _flex_compiled is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _flex_compiled = torch.compile(flex_attention, dynamic=False)
+    return _flex_compiled(q, k, v, block_mask=block_mask)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.qkv_bias)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x: torch.Tensor, ctx: AttnContext, layer: int) -> torch.Tensor:
+        B, L, D = x.shape
+        qkv = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
+        q, k, v = self.q_norm(qkv[0]), self.k_norm(qkv[1]), qkv[2]
+        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        if ctx.cache is not None:
+            k, v = ctx.cache.keys_values(layer, k, v, ctx.update_cache)  # (B, H, S+L, hd)
+        if ctx.backend == "flex":
+            y = _flex_attention(q, k, v, ctx.mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask)  # (B, H, L, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = int(cfg.d_model * cfg.mlp_ratio)
+        self.fc1 = nn.Linear(cfg.d_model, hidden)
+        self.fc2 = nn.Linear(hidden, cfg.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; AdaLN-Zero on noisy tokens only."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.d_model, 6 * cfg.d_model))
+
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor | None, slot: torch.Tensor, noisy: torch.Tensor, ctx: AttnContext, layer: int
+    ) -> torch.Tensor:
+        if c is None:  # no noisy token: the plain (clean) path
+            x = x + self.attn(self.norm1(x), ctx, layer)
+            return x + self.mlp(self.norm2(x))
+        mod = per_token(self.adaLN_modulation(c), slot, noisy)  # (B, L, 6D), zeros on clean tokens
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
+        ungated = (~noisy)[..., None].to(x.dtype)  # clean tokens: gate 1
+        x = x + (gate_msa + ungated) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), ctx, layer)
+        return x + (gate_mlp + ungated) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+def per_token(per_block: torch.Tensor, slot: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+    """Gather (B, NB, K) per-block vectors to (B, L, K) tokens; zeros where not noisy."""
+    idx = slot.clamp(min=0)[..., None].expand(-1, -1, per_block.shape[-1])  # (B, L, K)
+    return per_block.gather(1, idx) * noisy[..., None].to(per_block.dtype)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding (..., dim), cos half first then sin (as the release)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[..., None] * freqs
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, d_model: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        emb = timestep_embedding(t, self.freq_dim)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class table with one extra row, the null class (index num_classes), for guidance."""
+
+    def __init__(self, num_classes: int, d_model: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.embedding_table = nn.Embedding(num_classes + 1, d_model)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(torch.where(y < 0, torch.full_like(y, self.num_classes), y))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm_final = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.d_model, 2 * cfg.d_model))
+        self.linear = nn.Linear(cfg.d_model, cfg.token_dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+@dataclass
+class ModelOutput:
+    """text_logits (B, L, V): valid at text positions (zeros elsewhere), None without text.
+    eps (B, L, C): prediction at noisy positions (zeros elsewhere), None without noisy tokens.
+    hidden: layer index -> (B, L, D) hidden states after that many blocks (0 = embeddings)."""
+
+    text_logits: torch.Tensor | None
+    eps: torch.Tensor | None
+    hidden: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class ACDiT(nn.Module):
+    """The unified backbone. A plain nn.Module: no trainer, sampler or file I/O."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.d_model
+        self.x_embedder = nn.Linear(cfg.token_dim, D, bias=False)
+        self.t_embedder = TimestepEmbedder(D, cfg.freq_dim)
+        self.y_embedder = LabelEmbedder(cfg.num_classes, D) if cfg.num_classes > 0 else None
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, D) if cfg.vocab_size > 0 else None
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.final_layer = FinalLayer(cfg)
+        if cfg.vocab_size > 0:
+            self.text_norm = RMSNorm(D, cfg.norm_eps)
+            self.lm_head = nn.Linear(D, cfg.vocab_size, bias=False)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """All initialisation in one place (DiT / the release)."""
+        # every Linear: xavier-uniform weights, zero biases
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        # label table and timestep MLP: N(0, 0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        # text embedding: N(0, 0.02) as GPT-2
+        if self.tok_embeddings is not None:
+            nn.init.normal_(self.tok_embeddings.weight, std=0.02)
+        # adaLN-Zero: every modulation output and the final linear start at zero
+        for blk in self.blocks:
+            nn.init.zeros_(blk.adaLN_modulation[-1].weight)
+            nn.init.zeros_(blk.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+        if self.cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_embeddings.weight
+
+    # ------------------------------------------------------------------------------------
+    def attention_backend(self, device: torch.device, cached: bool) -> str:
+        """auto: FlexAttention on CUDA without a cache (it has a backward there), SDPA + dense mask elsewhere."""
+        b = self.cfg.attn_backend
+        if b == "auto":
+            return "flex" if device.type == "cuda" and not cached else "sdpa"
+        if b == "flex" and cached:
+            return "sdpa"  # cached decoding has ragged key lengths; the dense mask is exact and cheap there
+        return b
+
+    def condition(self, batch: SequenceBatch) -> torch.Tensor | None:
+        """(B, NB, D) condition per noisy block: t embedding + class embedding."""
+        if batch.t.shape[1] == 0 or not bool(batch.noisy.any()):
+            return None
+        c = self.t_embedder(batch.t)
+        if self.y_embedder is not None:
+            c = c + self.y_embedder(batch.y)
+        return c
+
+    def embed(self, batch: SequenceBatch) -> torch.Tensor:
+        """(B, L, D) input embeddings: token embedding at text, shared linear at visual tokens."""
+        dtype = self.x_embedder.weight.dtype
+        x = self.x_embedder(batch.visual.to(dtype))  # (B, L, D); padding/text rows overwritten below
+        is_text = batch.modality == TEXT
+        if self.tok_embeddings is not None and bool(is_text.any()):
+            x = torch.where(is_text[..., None], self.tok_embeddings(batch.text_ids * is_text), x)
+        return x
+
+    def forward(
+        self,
+        batch: SequenceBatch,
+        cache: KVCache | None = None,
+        update_cache: bool = False,
+        hidden_layers: tuple[int, ...] | list[int] = (),
+        compute_logits: bool = True,
+    ) -> ModelOutput:
+        """Run the backbone.
+
+        Args:
+            batch: per-token tensors (see SequenceBatch). With a cache, only the new tokens.
+            cache: keys/values of the clean past; new queries attend cache + themselves.
+            update_cache: append the new tokens' keys/values to the cache (clean tokens only).
+            hidden_layers: return hidden states after these many blocks (0..n_layer).
+            compute_logits: skip the LM head when False.
+        """
+        for i in hidden_layers:
+            if not 0 <= i <= self.cfg.n_layer:
+                raise ValueError(f"hidden layer {i} out of range: valid are 0..{self.cfg.n_layer}")
+        x = self.embed(batch)  # (B, L, D)
+        c = self.condition(batch)  # (B, NB, D) or None
+        cos, sin = rope_tables(batch.pos, self.cfg.rope_axes, self.cfg.rope_theta, self.cfg.rope_style)
+        backend = self.attention_backend(x.device, cache is not None)
+        if cache is not None:
+            k_meta = cache.meta_with(batch.unit, batch.noisy, batch.doc)
+            mask = dense_mask(batch.unit, batch.noisy, batch.doc, *k_meta)[:, None]  # (B, 1, Lq, S+Lq)
+        elif backend == "flex":
+            mask = scam_block_mask(batch.unit, batch.noisy, batch.doc)
+        else:
+            mask = dense_mask(batch.unit, batch.noisy, batch.doc)[:, None]  # (B, 1, L, L)
+        ctx = AttnContext(backend, mask, cos, sin, cache, update_cache)
+        hidden = {0: x} if 0 in hidden_layers else {}
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, c, batch.block_slot, batch.noisy, ctx, i)
+            if i + 1 in hidden_layers:
+                hidden[i + 1] = x
+        if cache is not None and update_cache:
+            cache.commit_meta(batch.unit, batch.noisy, batch.doc)
+
+        eps = None
+        if c is not None:
+            idx = batch.noisy.nonzero(as_tuple=True)
+            c_tok = per_token(c, batch.block_slot, batch.noisy)[idx]  # (N, D)
+            eps = x.new_zeros(*x.shape[:2], self.cfg.token_dim)
+            eps[idx] = self.final_layer(x[idx], c_tok).to(eps.dtype)
+        logits = None
+        if compute_logits and self.tok_embeddings is not None:
+            is_text = batch.modality == TEXT
+            if bool(is_text.any()):
+                idx = is_text.nonzero(as_tuple=True)
+                logits = x.new_zeros(*x.shape[:2], self.cfg.vocab_size)
+                logits[idx] = self.lm_head(self.text_norm(x[idx])).to(logits.dtype)
+        return ModelOutput(logits, eps, hidden)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
