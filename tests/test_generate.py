@@ -1,0 +1,155 @@
+"""The generation engine: cached runs equal full recomputation; guidance variants agree."""
+
+import pytest
+import torch
+
+from conftest import randomize_
+from unimodal.batch import Example
+from unimodal.generate import (
+    BlockEvent,
+    Generator,
+    TextSampling,
+    VisualEvent,
+    VisualSampling,
+    decode_text_events,
+    sample_next,
+)
+from unimodal.layout import Image, Layout, Text, Video
+from unimodal.model import create_model
+
+C = 12
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return randomize_(create_model("tiny", token_dim=C, vocab_size=64, num_classes=5), std=0.03).eval()
+
+
+def prompts():
+    vis = torch.randn(4, C, generator=torch.Generator().manual_seed(0))
+    img = Example(Layout([Text([1]), Image(2, 2, 1, 2, noisy=False), Text([7, 8])]), vis)
+    return [Example(Layout([Text([1, 5, 6, 7, 8, 9])])), Example(Layout([Text([1, 9])])), img]
+
+
+def run(model, use_cache, text, visual, segment, class_labels=None, uncond=None, seed=0):
+    g = Generator(model, 3, use_cache=use_cache, seed=seed)
+    g.prefill(prompts(), uncond=uncond)
+    toks = decode_text_events(list(g.stream_text(text)), 3)
+    img = g.generate_visual(segment, visual, class_labels=class_labels)
+    g.feed_text(torch.tensor([4, 4, 4]))
+    more = decode_text_events(list(g.stream_text(text)), 3)
+    return toks, img, more
+
+
+@pytest.mark.parametrize(
+    "text",
+    [TextSampling(8, temperature=0.0), TextSampling(8, temperature=1.0, top_k=10, top_p=0.9, stop_tokens=(2, 11))],
+)
+def test_cached_equals_recompute_text_image_text_with_class_cfg(model, text):
+    seg, vis = Image(4, 4, 2, 2), VisualSampling("dpm++", steps=4, cfg_scale=1.5)
+    labels = torch.tensor([0, 3, 4])
+    a = run(model, True, text, vis, seg, labels)
+    b = run(model, False, text, vis, seg, labels)
+    assert a[0] == b[0] and a[2] == b[2]
+    torch.testing.assert_close(a[1], b[1], atol=1e-4, rtol=1e-4)
+    assert a[1].abs().mean() > 0.1
+
+
+def test_cached_equals_recompute_with_text_prompt_cfg(model):
+    uncond = [Example(Layout([Text([1])]))] * 3
+    seg, vis = Image(2, 4, 2, 2), VisualSampling("ddim", steps=3, cfg_scale=2.0)
+    a = run(model, True, TextSampling(3), vis, seg, uncond=uncond)
+    b = run(model, False, TextSampling(3), vis, seg, uncond=uncond)
+    torch.testing.assert_close(a[1], b[1], atol=1e-4, rtol=1e-4)
+    # guidance matters: scale 1 gives another image
+    c = run(model, True, TextSampling(3), VisualSampling("ddim", steps=3, cfg_scale=1.0), seg, uncond=uncond)
+    assert not torch.allclose(a[1], c[1])
+
+
+def test_shared_cache_class_cfg_equals_doubled_batch(model):
+    seg, vis = Image(4, 4, 2, 2), VisualSampling("dpm++", steps=4, cfg_scale=3.0)
+    labels = torch.tensor([1, 2, 0])
+    g = Generator(model, 3, seed=5)
+    g.prefill(prompts())
+    shared = g.generate_visual(seg, vis, class_labels=labels)
+    g2 = Generator(model, 3, seed=5)
+    g2.prefill(prompts(), uncond=prompts())  # the unconditional branch as its own copy of the context
+    doubled = g2.generate_visual(seg, vis, class_labels=labels)
+    torch.testing.assert_close(shared, doubled, atol=1e-4, rtol=1e-4)
+
+
+def test_batch_rows_equal_single_runs(model):
+    ps = prompts()
+    g = Generator(model, 3)
+    g.prefill(ps)
+    batch = decode_text_events(list(g.stream_text(TextSampling(6))), 3)
+    for i, p in enumerate(ps):
+        g1 = Generator(model, 1)
+        g1.prefill([p])
+        assert decode_text_events(list(g1.stream_text(TextSampling(6))), 1)[0] == batch[i]
+
+
+@pytest.mark.parametrize("segment", [Image(2, 2, 1, 1), Image(2, 4, 2, 4), Video(4, 2, 2, 2)])
+def test_block_size_extremes_and_video_stream_blocks_in_order(model, segment):
+    g = Generator(model, 3, seed=1)
+    g.prefill(prompts())
+    events = list(g.stream_visual(segment, VisualSampling("ddpm", steps=3), class_labels=torch.tensor([0, 1, 2])))
+    blocks = [e for e in events if isinstance(e, BlockEvent)]
+    lay = Layout([segment])
+    assert [e.index for e in blocks] == list(range(len(lay.blocks)))
+    final = events[-1]
+    assert isinstance(final, VisualEvent) and final.tokens.shape == (3, segment.num_tokens, C)
+    for e, blk in zip(blocks, lay.blocks):  # streamed blocks land at their raster positions
+        assert torch.equal(final.tokens[:, torch.from_numpy(blk.tokens)], e.tokens)
+    g2 = Generator(model, 3, seed=1)
+    g2.prefill(prompts())
+    again = g2.generate_visual(segment, VisualSampling("ddpm", steps=3), class_labels=torch.tensor([0, 1, 2]))
+    assert torch.equal(again, final.tokens), "not deterministic under a seed"
+
+
+def test_interleaved_text_image_text(model):
+    # force <boi> (id 3) as the most likely token from the start by biasing the LM head
+    m = model
+    with torch.no_grad():
+        saved = m.lm_head.weight.clone()
+        m.lm_head.weight[3] += 3.0 * m.text_norm.weight.sign()
+    try:
+        g = Generator(m, 3, seed=2)
+        g.prefill(prompts())
+        events = list(
+            g.stream_interleaved(TextSampling(4), VisualSampling("ddim", steps=2), Image(2, 2, 1, 2), max_images=1)
+        )
+    finally:
+        with torch.no_grad():
+            m.lm_head.weight.copy_(saved)
+    kinds = [type(e).__name__ for e in events]
+    assert "VisualEvent" in kinds
+    i = kinds.index("VisualEvent")
+    assert kinds[i - 2 : i] == ["BlockEvent", "BlockEvent"] and kinds[i + 1] == "TokenEvent"
+    boi_rows = torch.zeros(3, dtype=torch.bool)
+    for e in events[:i]:
+        if type(e).__name__ == "TokenEvent":
+            boi_rows |= e.active & (e.tokens == 3)
+    assert boi_rows.any()
+    assert torch.equal(events[i].rows, boi_rows)  # exactly the rows that asked for an image got one
+    eoi = events[i + 1]
+    assert torch.equal(eoi.active, boi_rows) and (eoi.tokens[boi_rows] == 4).all()  # <eoi> forced after it
+
+
+def test_sample_next_filters():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]]).repeat(200, 1)
+    g = torch.Generator().manual_seed(0)
+    k = sample_next(logits, TextSampling(temperature=1.0, top_k=2), g)
+    assert set(k.tolist()) == {2, 3}
+    p = sample_next(logits, TextSampling(temperature=1.0, top_p=0.5), g)
+    assert set(p.tolist()) == {3}  # softmax mass of the top token is 0.64 >= 0.5
+    assert sample_next(logits[:1], TextSampling(temperature=0.0), g).item() == 3
+
+
+def test_bad_class_label_and_missing_guidance_context(model):
+    g = Generator(model, 1)
+    with pytest.raises(ValueError, match="valid are 0..4"):
+        list(g.stream_visual(Image(2, 2, 1, 1), VisualSampling(steps=2), class_labels=torch.tensor([7])))
+    with pytest.raises(ValueError, match="unconditional context"):
+        list(g.stream_visual(Image(2, 2, 1, 1), VisualSampling(steps=2, cfg_scale=2.0)))

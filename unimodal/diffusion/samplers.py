@@ -1,0 +1,220 @@
+"""Samplers: diffusers schedulers behind `create_sampler(name, steps)`, plus the CFG rule.
+
+Every sampler works in the training space x_t = sqrt(ab_t)·x0 + sqrt(1 − ab_t)·ε
+(so the initial noise is N(0, I) and the model sees x_t unscaled) and is built
+from `NoiseSchedule.diffusers_config()`, so it samples under exactly the betas
+the model was trained on. A run is::
+
+    sampler.reset()                                   # fresh solver state: once per block
+    x = randn(shape) * sampler.init_noise_sigma
+    for t in sampler.timesteps:
+        x = sampler.step(model(x, t), t, x, generator)
+
+Multistep solvers (DPM-Solver++) keep past model outputs, so `reset()` must
+start every block; `step` checks that timesteps come in order to catch a
+forgotten reset.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+from unimodal.diffusion.schedule import NoiseSchedule, ScheduleConfig
+
+# name -> (diffusers class, constructor defaults). clip_sample is off: latents are not confined to [-1, 1].
+_SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
+    "ddpm": (DDPMScheduler, dict(timestep_spacing="leading", clip_sample=False, variance_type="fixed_small")),
+    "ddim": (DDIMScheduler, dict(timestep_spacing="leading", clip_sample=False, set_alpha_to_one=True)),
+    # ACDiT samples with DPMSolverMultistepScheduler.from_config(DDIMScheduler().config). from_config skips
+    # every key the DDIM scheduler left at its default (config["_use_default_values"]), so that is the plain
+    # DPM-Solver++ default: 2nd order, "linspace" spacing (25 steps: 999, 959, ..., 40), not DDIM's "leading".
+    "dpm++": (
+        DPMSolverMultistepScheduler,
+        dict(algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="linspace"),
+    ),
+    "euler": (EulerDiscreteScheduler, dict(timestep_spacing="leading")),
+}
+_ALIASES = {"dpmsolver++": "dpm++"}
+_STEP_KWARGS = {"ddim": {"eta": 0.0}}  # per-call options of scheduler.step, settable through create_sampler
+
+
+def list_samplers() -> list[str]:
+    """Names accepted by `create_sampler` (aliases included)."""
+    return sorted([*_SAMPLERS, *_ALIASES])
+
+
+class Sampler:
+    """One diffusers scheduler with a fixed number of steps and an explicit run lifecycle.
+
+    Attributes:
+        name: the sampler's canonical name.
+        scheduler: the wrapped diffusers scheduler.
+        steps: number of inference steps.
+        timesteps: the integer timesteps of one run, in order (largest first).
+        init_noise_sigma: std of the initial noise; 1.0 since every sampler works in x_t space.
+    """
+
+    init_noise_sigma: float = 1.0
+
+    def __init__(self, name: str, scheduler: Any, steps: int, step_kwargs: dict[str, Any] | None = None) -> None:
+        self.name, self.scheduler, self.steps = name, scheduler, steps
+        self.step_kwargs = dict(step_kwargs or {})
+        self.reset()
+        self.timesteps: list[int] = [int(t) for t in self.scheduler.timesteps]
+
+    def reset(self) -> None:
+        """Start a fresh run: clears multistep history and the step counter (cheap: ~30 µs on CPU)."""
+        self.scheduler.set_timesteps(self.steps)
+        self._i = 0
+
+    def _check_t(self, t: int | torch.Tensor) -> None:
+        if self._i >= len(self.timesteps) or int(t) != self.timesteps[self._i]:
+            expected = self.timesteps[self._i] if self._i < len(self.timesteps) else "none (run finished)"
+            raise RuntimeError(
+                f"{self.name} sampler got t={int(t)} at step {self._i}, expected t={expected}; "
+                "call reset() before each run and step through sampler.timesteps in order"
+            )
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        t: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Advance x_t to the next timestep of the run (x0 after the last one).
+
+        Args:
+            model_output: (..., C) the model's ε or v (the schedule's prediction type) at (sample, t).
+            t: the current timestep, `timesteps[i]` at the i-th call since `reset()`.
+            sample: (..., C) x_t.
+            generator: RNG for stochastic samplers (DDPM, DDIM with eta > 0).
+
+        Returns:
+            (..., C) the sample at the next timestep.
+        """
+        self._check_t(t)
+        t_sched = self.scheduler.timesteps[self._i]  # the scheduler's own dtype (Euler refuses ints)
+        out = self.scheduler.step(
+            model_output, t_sched, sample, generator=generator, return_dict=False, **self.step_kwargs
+        )[0]
+        self._i += 1
+        return out
+
+
+class _EulerSampler(Sampler):
+    """Euler works on x_t / sqrt(ab_t) (variance exploding); convert in and out so callers stay in x_t space."""
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        t: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        self._check_t(t)
+        sigmas = self.scheduler.sigmas  # (steps + 1,) VE sigmas, last one 0
+        i, t_sched = self._i, self.scheduler.timesteps[self._i]
+        x_ve = sample * (sigmas[i] ** 2 + 1) ** 0.5
+        self.scheduler.scale_model_input(x_ve, t_sched)  # diffusers insists on the call; its result is `sample`
+        x_ve = self.scheduler.step(model_output, t_sched, x_ve, generator=generator, return_dict=False)[0]
+        self._i += 1
+        return x_ve / (sigmas[i + 1] ** 2 + 1) ** 0.5
+
+
+def create_sampler(name: str, steps: int, schedule: ScheduleConfig | None = None, **cfg: Any) -> Sampler:
+    """Build a sampler by name over the given noise schedule.
+
+    Args:
+        name: one of `list_samplers()`: "ddpm", "ddim", "dpm++" (alias "dpmsolver++"), "euler".
+        steps: number of inference steps per run.
+        schedule: the training noise schedule (default: ACDiT's).
+        **cfg: `eta` for "ddim" (default 0: deterministic), or constructor options of the
+            diffusers scheduler (e.g. `solver_order=3`, `timestep_spacing="trailing"`).
+
+    Returns:
+        A `Sampler`.
+
+    Raises:
+        ValueError: unknown name, non-positive steps, or an option the scheduler does not take.
+    """
+    key = _ALIASES.get(name, name)
+    if key not in _SAMPLERS:
+        close = difflib.get_close_matches(name, list_samplers(), n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown sampler {name!r}; valid samplers: {list_samplers()}.{hint}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+        raise ValueError(f"steps={steps!r} is invalid: must be a positive integer")
+    cls, defaults = _SAMPLERS[key]
+    step_kwargs = dict(_STEP_KWARGS.get(key, {}))
+    schedule_kwargs = NoiseSchedule(schedule or ScheduleConfig()).diffusers_config()
+    not_options = ("self", "trained_betas", *schedule_kwargs)
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p not in not_options]
+    init_kwargs = dict(defaults)
+    for k, v in cfg.items():
+        if k in step_kwargs:
+            step_kwargs[k] = v
+        elif k in schedule_kwargs:
+            raise ValueError(f"{k!r} belongs to the noise schedule: set it in ScheduleConfig, not in create_sampler")
+        elif k in valid:
+            init_kwargs[k] = v
+        else:
+            options = [*step_kwargs, *valid]
+            close = difflib.get_close_matches(k, options, n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"unknown option {k!r} for sampler {key!r}; valid options: {options}.{hint}")
+    scheduler = cls(**schedule_kwargs, **init_kwargs)
+    return (_EulerSampler if key == "euler" else Sampler)(key, scheduler, steps, step_kwargs)
+
+
+def classifier_free_guidance(
+    cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor
+) -> torch.Tensor:
+    """The one CFG rule: uncond + scale·(cond − uncond), on the model output (ε or v).
+
+    Args:
+        cond: (..., C) conditional model output.
+        uncond: (..., C) unconditional model output.
+        scale: guidance scale (1: plain conditional, 0: unconditional), a float or a tensor
+            broadcastable to cond (e.g. (B, 1, 1) per sample).
+
+    Returns:
+        (..., C) guided output; exactly `cond` when scale == 1.
+    """
+    if not isinstance(scale, torch.Tensor) and scale == 1.0:
+        return cond  # exact, not cond up to rounding
+    return uncond + scale * (cond - uncond)
+
+
+@torch.no_grad()
+def sample_loop(
+    denoise_fn: Callable[[torch.Tensor, int], torch.Tensor],
+    shape: tuple[int, ...] | torch.Size,
+    sampler: Sampler,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Draw x0 by running one full sampler run from Gaussian noise.
+
+    Args:
+        denoise_fn: (x_t, t) -> model output (ε or v) of x_t's shape; t is a Python int.
+        shape: sample shape, e.g. (B, L, C).
+        sampler: from `create_sampler`; reset here.
+        generator: RNG for the initial noise and stochastic steps (must live on `device`).
+        device: where to sample.
+        dtype: dtype of the sample.
+
+    Returns:
+        Tensor of `shape`: the generated x0.
+    """
+    sampler.reset()
+    x = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype) * sampler.init_noise_sigma
+    for t in sampler.timesteps:
+        x = sampler.step(denoise_fn(x, t), t, x, generator=generator)
+    return x

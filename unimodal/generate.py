@@ -1,0 +1,427 @@
+"""The generation engine: one loop for text, images, video and interleaved documents.
+
+* Text: autoregressive decoding (greedy, temperature, top-k, top-p, stop tokens)
+  against a KV cache; a batch of prompts of different lengths is left-padded with
+  padding-document tokens that no real token can see.
+* Visual: for each block, start from noise and run the sampler on the noisy block
+  alone against the cache of the clean past; then append the finished block to the
+  cache as clean tokens (one forward); then the next block.
+* Interleaved: text until `<boi>`, a whole image, `<eoi>`, text again.
+* Guidance: class labels enter only through AdaLN, so both branches share one
+  cache (queries stacked [cond; uncond] read it tiled); a text prompt is in the
+  sequence, so its unconditional branch has a second context.
+
+`Context` is the clean past, held either as a KV cache (`use_cache=True`) or as
+raw tokens re-run in full at every step (`use_cache=False`) — the reference the
+tests compare the cache against. The engine never knows which one it drives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from .batch import Example, SequenceBatch, collate
+from .diffusion.samplers import Sampler, classifier_free_guidance, create_sampler
+from .layout import IMAGE, PAD, PAD_DOC, TEXT, VIDEO, Image, Layout, Video, span_positions
+from .model import ACDiT, KVCache, ModelOutput
+
+
+def token_batch(
+    unit: torch.Tensor,
+    pos: torch.Tensor,
+    doc: torch.Tensor,
+    *,
+    text_ids: torch.Tensor | None = None,
+    visual: torch.Tensor | None = None,
+    noisy: bool = False,
+    modality: int = TEXT,
+    t: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
+    token_dim: int,
+) -> SequenceBatch:
+    """A SequenceBatch of n new tokens per row (all of one kind), for the engine.
+
+    Args:
+        unit: (B, n); pos: (B, n, 3); doc: (B, n) — PAD_DOC marks rows that are not generating.
+        text_ids: (B, n) for text tokens; visual: (B, n, C) for visual tokens.
+        noisy: the tokens are one noisy block (then `t`, `y` are (B,) for that block).
+    """
+    B, n = unit.shape
+    dev = unit.device
+    return SequenceBatch(
+        text_ids=text_ids if text_ids is not None else torch.zeros(B, n, dtype=torch.long, device=dev),
+        visual=visual if visual is not None else torch.zeros(B, n, token_dim, device=dev),
+        unit=unit,
+        noisy=torch.full((B, n), noisy, dtype=torch.bool, device=dev),
+        doc=doc,
+        modality=torch.where(doc == PAD_DOC, PAD, modality) if modality == TEXT else torch.full_like(unit, modality),
+        pos=pos,
+        block_slot=torch.full((B, n), 0 if noisy else -1, dtype=torch.long, device=dev),
+        t=t[:, None] if noisy else torch.zeros(B, 0, dtype=torch.long, device=dev),
+        y=(y if y is not None else torch.full((B,), -1, dtype=torch.long, device=dev))[:, None]
+        if noisy
+        else torch.zeros(B, 0, dtype=torch.long, device=dev),
+        text_target=torch.full((B, n), -100, dtype=torch.long, device=dev),
+    )
+
+
+class Context:
+    """The clean past of B sequences and where each continues (next unit, next position)."""
+
+    def __init__(self, model: ACDiT, batch_size: int, device: torch.device, use_cache: bool = True):
+        self.model, self.B, self.device, self.use_cache = model, batch_size, device, use_cache
+        self.cache = KVCache(model.cfg.n_layer) if use_cache else None
+        self.history: SequenceBatch | None = None  # recompute mode: every clean token so far
+        self.next_unit = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def run(self, new: SequenceBatch, update: bool) -> ModelOutput:
+        """Outputs for the new tokens, which see the past and themselves; append them when `update`."""
+        if self.use_cache:
+            return self.model(new, cache=self.cache, update_cache=update)
+        if self.history is None:
+            full, n_past = new, 0
+        else:
+            rep = new.unit.shape[0] // self.B  # guidance branches stacked on the batch
+            h = self.history
+            full = SequenceBatch(
+                text_ids=torch.cat([h.text_ids.repeat(rep, 1), new.text_ids], 1),
+                visual=torch.cat([h.visual.repeat(rep, 1, 1), new.visual], 1),
+                unit=torch.cat([h.unit.repeat(rep, 1), new.unit], 1),
+                noisy=torch.cat([h.noisy.repeat(rep, 1), new.noisy], 1),
+                doc=torch.cat([h.doc.repeat(rep, 1), new.doc], 1),
+                modality=torch.cat([h.modality.repeat(rep, 1), new.modality], 1),
+                pos=torch.cat([h.pos.repeat(rep, 1, 1), new.pos], 1),
+                block_slot=torch.cat([h.block_slot.repeat(rep, 1), new.block_slot], 1),
+                t=new.t,
+                y=new.y,
+                text_target=torch.cat([h.text_target.repeat(rep, 1), new.text_target], 1),
+            )
+            n_past = h.unit.shape[1]
+        out = self.model(full)
+        if update:
+            self.history = full
+        n = new.unit.shape[1]
+        return ModelOutput(
+            None if out.text_logits is None else out.text_logits[:, n_past : n_past + n],
+            None if out.eps is None else out.eps[:, n_past : n_past + n],
+        )
+
+    def prefill(self, examples: Sequence[Example]) -> torch.Tensor | None:
+        """Append B clean contexts (left-padded to one length); return last-position text logits (B, V)."""
+        if len(examples) != self.B:
+            raise ValueError(f"prefill got {len(examples)} contexts for a batch of {self.B}")
+        for i, ex in enumerate(examples):
+            if ex.layout.num_noisy_blocks:
+                raise ValueError(f"context {i} has noisy blocks: build its visual segments with noisy=False")
+        C = self.model.cfg.token_dim
+        L = max(len(ex.layout) for ex in examples)
+        rows = [collate([ex], C) for ex in examples]
+        cols = {}
+        for name in ("text_ids", "unit", "doc", "modality", "block_slot", "text_target", "pos", "visual", "noisy"):
+            parts = []
+            for r in rows:
+                v = getattr(r, name)[0]
+                pad = L - v.shape[0]
+                fill = {"doc": PAD_DOC, "modality": PAD, "block_slot": -1, "text_target": -100}.get(name, 0)
+                if name == "unit":  # padding: increasing units in the padding document
+                    head = torch.arange(pad, dtype=v.dtype)
+                else:
+                    head = torch.full((pad, *v.shape[1:]), fill, dtype=v.dtype)
+                parts.append(torch.cat([head, v], 0))
+            cols[name] = torch.stack(parts).to(self.device)
+        new = SequenceBatch(**cols, t=torch.zeros(self.B, 0, dtype=torch.long, device=self.device),
+                            y=torch.zeros(self.B, 0, dtype=torch.long, device=self.device))
+        out = self.run(new, update=True)
+        self.next_unit = torch.tensor([ex.layout.next_unit for ex in examples], device=self.device)
+        self.next_pos = torch.tensor([ex.layout.next_pos for ex in examples], device=self.device)
+        return None if out.text_logits is None else out.text_logits[:, -1]
+
+    def append_text(self, ids: torch.Tensor, active: torch.Tensor) -> torch.Tensor | None:
+        """Append one text token per row (inactive rows write padding); return next-token logits (B, V)."""
+        doc = torch.where(active, 0, PAD_DOC)[:, None]
+        pos = self.next_pos[:, None, None].expand(-1, 1, 3)
+        new = token_batch(self.next_unit[:, None], pos, doc, text_ids=ids[:, None], token_dim=self.model.cfg.token_dim)
+        out = self.run(new, update=True)
+        self.next_unit = self.next_unit + 1
+        self.next_pos = self.next_pos + 1
+        return None if out.text_logits is None else out.text_logits[:, -1]
+
+
+@dataclass
+class TextSampling:
+    """How text tokens are chosen."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0: greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    stop_tokens: tuple[int, ...] = (2,)  # <eos>
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} is invalid: must be >= 0 (0 = greedy)")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k={self.top_k} is invalid: must be >= 1 or None")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} is invalid: must be in (0, 1] or None")
+
+
+@dataclass
+class VisualSampling:
+    """How visual blocks are denoised (the paper: DPM-Solver++, 25 steps, CFG 1.5 images / 2.5 video)."""
+
+    sampler: str = "dpm++"
+    steps: int = 25
+    cfg_scale: float = 1.0  # 1: no guidance
+    sampler_kwargs: dict = field(default_factory=dict)
+
+
+def sample_next(logits: torch.Tensor, s: TextSampling, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) logits → (B,) token ids under greedy / temperature / top-k / top-p."""
+    if s.temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / s.temperature
+    if s.top_k is not None:
+        kth = logits.topk(min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p is not None:
+        sorted_l, order = logits.sort(-1, descending=True)
+        probs = sorted_l.softmax(-1)
+        drop = probs.cumsum(-1) - probs > s.top_p  # keep the smallest prefix with mass >= top_p
+        sorted_l = sorted_l.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_l)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+@dataclass
+class TokenEvent:
+    """One decoded text token per row (`active` False where the row had already stopped)."""
+
+    tokens: torch.Tensor  # (B,)
+    active: torch.Tensor  # (B,) bool
+
+
+@dataclass
+class BlockEvent:
+    """One finished visual block for the rows in `rows`."""
+
+    segment: Image | Video
+    index: int  # block index in the segment
+    tokens: torch.Tensor  # (B, block_tokens, C) clean tokens of this block, block-internal raster order
+    rows: torch.Tensor  # (B,) bool: rows that generated it
+
+
+@dataclass
+class VisualEvent:
+    """A finished image/video: tokens in natural raster order."""
+
+    segment: Image | Video
+    tokens: torch.Tensor  # (B, f*h*w, C)
+    rows: torch.Tensor  # (B,) bool
+
+
+class Generator:
+    """Drives a model through text and visual generation for a batch of B sequences.
+
+    Args:
+        model: the backbone (put in eval mode by the caller or here).
+        batch_size: B.
+        use_cache: KV cache (default) or recompute the whole context each step (reference).
+        seed: seeds one torch.Generator used for every random draw (noise, sampling).
+        device: defaults to the model's device.
+    """
+
+    def __init__(
+        self,
+        model: ACDiT,
+        batch_size: int,
+        use_cache: bool = True,
+        seed: int | None = 0,
+        device: torch.device | str | None = None,
+    ):
+        self.model = model.eval()
+        self.B = batch_size
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.use_cache = use_cache
+        self.gen = torch.Generator(device="cpu")
+        if seed is not None:
+            self.gen.manual_seed(seed)
+        self.ctx = Context(model, batch_size, self.device, use_cache)
+        self.uncond: Context | None = None  # second context for in-sequence (text) guidance
+        self.logits: torch.Tensor | None = None  # (B, V) next-token logits of the main context
+
+    # --- context ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, examples: Sequence[Example], uncond: Sequence[Example] | None = None) -> None:
+        """Set the clean context of every row (and of the unconditional branch for text CFG)."""
+        self.logits = self.ctx.prefill(examples)
+        if uncond is not None:
+            self.uncond = Context(self.model, self.B, self.device, self.use_cache)
+            self.uncond.prefill(uncond)
+
+    @torch.no_grad()
+    def feed_text(self, ids: torch.Tensor, active: torch.Tensor | None = None) -> None:
+        """Force one token per row (e.g. `<eoi>`) into every context."""
+        active = torch.ones(self.B, dtype=torch.bool, device=self.device) if active is None else active
+        self.logits = self.ctx.append_text(ids.to(self.device), active)
+        if self.uncond is not None:
+            self.uncond.append_text(ids.to(self.device), active)
+
+    # --- text ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def stream_text(
+        self, sampling: TextSampling, pause_tokens: tuple[int, ...] = (), active: torch.Tensor | None = None
+    ) -> Iterator[TokenEvent]:
+        """Decode until every row hit a stop or pause token or max_new_tokens.
+
+        A row that emits a pause token (e.g. `<boi>`) stops here with the token in its
+        context; `self.paused` tells which rows did.
+        """
+        if self.logits is None:
+            raise ValueError("no text logits to continue from: prefill a context that ends with text")
+        active = torch.ones(self.B, dtype=torch.bool, device=self.device) if active is None else active.clone()
+        self.paused = torch.zeros(self.B, dtype=torch.bool, device=self.device)
+        stops = torch.tensor(sampling.stop_tokens, device=self.device, dtype=torch.long)
+        pauses = torch.tensor(pause_tokens, device=self.device, dtype=torch.long)
+        for _ in range(sampling.max_new_tokens):
+            if not bool(active.any()):
+                break
+            tok = torch.where(active, sample_next(self.logits, sampling, self.gen), torch.zeros_like(active, dtype=torch.long))
+            self.feed_text(tok, active)
+            yield TokenEvent(tok, active.clone())
+            hit_pause = active & torch.isin(tok, pauses)
+            self.paused |= hit_pause
+            active = active & ~torch.isin(tok, stops) & ~hit_pause
+
+    # --- visual ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def stream_visual(
+        self,
+        segment: Image | Video,
+        sampling: VisualSampling,
+        class_labels: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+        max_context: int | None = None,
+    ) -> Iterator[BlockEvent | VisualEvent]:
+        """Generate one image or video block by block; yields each finished block, then the whole.
+
+        Args:
+            segment: grid and block shape (its `noisy` field is ignored).
+            class_labels: (B,) labels for class-conditional models; with cfg_scale != 1
+                the unconditional branch uses the null class and shares the cache.
+            rows: (B,) bool, rows that generate (others write padding); default all.
+            max_context: keep at most this many cached tokens (sliding window for long videos).
+        """
+        C = self.model.cfg.token_dim
+        rows = torch.ones(self.B, dtype=torch.bool, device=self.device) if rows is None else rows.to(self.device)
+        guided = sampling.cfg_scale != 1.0
+        if guided and class_labels is None and self.uncond is None:
+            raise ValueError("cfg_scale != 1 needs class_labels (class guidance) or an unconditional context (prefill uncond=)")
+        if class_labels is not None:
+            if self.model.y_embedder is None:
+                raise ValueError("this model has no class embedding (num_classes=0): do not pass class_labels")
+            class_labels = class_labels.to(self.device)
+            bad = (class_labels >= self.model.cfg.num_classes) | (class_labels < -1)
+            if bool(bad.any()):
+                raise ValueError(f"class label {class_labels[bad][0].item()} is invalid: valid are 0..{self.model.cfg.num_classes - 1} (or -1 = null)")
+        lay = Layout([type(segment)(**{**segment.__dict__, "noisy": False})])
+        modality = IMAGE if isinstance(segment, Image) else VIDEO
+        sampler = create_sampler(sampling.sampler, sampling.steps, **sampling.sampler_kwargs)
+        doc = torch.where(rows, 0, PAD_DOC)
+        out_tokens = torch.zeros(self.B, lay.num_visual_tokens, C, device=self.device)
+        # shared: class guidance with one cache, [cond; uncond] stacked on the batch.
+        # otherwise each branch has its own context (text prompt dropped, or the class
+        # branch given its own copy of the context with `prefill(uncond=...)`).
+        shared = guided and class_labels is not None and self.uncond is None
+        contexts = [self.ctx] + ([self.uncond] if guided and not shared else [])
+        null = None if class_labels is None else torch.full_like(class_labels, -1)
+        labels = [class_labels, null][: len(contexts)]
+        span = torch.from_numpy(span_positions(0, segment.grid)[0]).to(self.device)  # (f*h*w, 3) offsets
+        for b, blk in enumerate(lay.blocks):
+            n = len(blk.tokens)
+            idx = torch.from_numpy(blk.tokens).to(self.device)
+            pos = [ctx.next_pos[:, None, None] + span[idx][None] for ctx in contexts]  # each (B, n, 3)
+            units = [ctx.next_unit[:, None].expand(-1, n) for ctx in contexts]
+            dmat = doc[:, None].expand(-1, n)
+            x = torch.randn(self.B, n, C, generator=self.gen).to(self.device) * sampler.init_noise_sigma
+            sampler.reset()
+            for t in sampler.timesteps:
+                tt = torch.full((self.B,), int(t), dtype=torch.long, device=self.device)
+                if shared:
+                    new = token_batch(units[0].repeat(2, 1), pos[0].repeat(2, 1, 1), dmat.repeat(2, 1),
+                                      visual=x.repeat(2, 1, 1), noisy=True, modality=modality, t=tt.repeat(2),
+                                      y=torch.cat([class_labels, null]), token_dim=C)
+                    e_c, e_u = self.ctx.run(new, update=False).eps.chunk(2)
+                else:
+                    e_c, e_u = [
+                        ctx.run(token_batch(u, p, dmat, visual=x, noisy=True, modality=modality, t=tt, y=y, token_dim=C),
+                                update=False).eps
+                        for ctx, u, p, y in zip(contexts, units, pos, labels)
+                    ] + [None] * (2 - len(contexts))
+                eps = e_c if e_u is None else classifier_free_guidance(e_c, e_u, sampling.cfg_scale)
+                x = sampler.step(eps, t, x, generator=self.gen)
+            for ctx, u, p in zip(contexts, units, pos):  # the finished block joins the clean past
+                ctx.run(token_batch(u, p, dmat, visual=x, modality=modality, token_dim=C), update=True)
+                ctx.next_unit = ctx.next_unit + 1
+                if max_context is not None and ctx.cache is not None:
+                    ctx.cache.keep_last(max_context)
+            out_tokens[:, torch.from_numpy(blk.tokens).to(self.device)] = x
+            yield BlockEvent(segment, b, x, rows)
+        f, h, w = segment.grid
+        for ctx in contexts:
+            ctx.next_pos = ctx.next_pos + max(f, h, w)
+        self.logits = None
+        yield VisualEvent(segment, out_tokens, rows)
+
+    def generate_visual(self, segment: Image | Video, sampling: VisualSampling, **kw) -> torch.Tensor:
+        """Run `stream_visual` to the end; returns (B, f*h*w, C) tokens in natural order."""
+        for ev in self.stream_visual(segment, sampling, **kw):
+            last = ev
+        return last.tokens  # type: ignore[union-attr]
+
+    # --- interleaved ------------------------------------------------------------------------
+    @torch.no_grad()
+    def stream_interleaved(
+        self,
+        text: TextSampling,
+        visual: VisualSampling,
+        segment: Image,
+        boi_id: int = 3,
+        eoi_id: int = 4,
+        max_images: int = 1,
+    ) -> Iterator[TokenEvent | BlockEvent | VisualEvent]:
+        """Text until `<boi>`, then a full `segment` image, `<eoi>`, then text again (up to max_images)."""
+        active = torch.ones(self.B, dtype=torch.bool, device=self.device)
+        for n_img in range(max_images + 1):
+            pause = (boi_id,) if n_img < max_images else ()
+            for ev in self.stream_text(text, pause_tokens=pause, active=active):
+                yield ev
+            paused = self.paused
+            active = paused  # rows that stopped without <boi> are done
+            if not bool(paused.any()):
+                return
+            for ev in self.stream_visual(segment, visual, rows=paused):
+                yield ev
+            self.feed_text(torch.full((self.B,), eoi_id, dtype=torch.long), paused)
+            yield TokenEvent(torch.where(paused, eoi_id, 0), paused.clone())
+
+
+def decode_text_events(events: Sequence[TokenEvent], batch_size: int) -> list[list[int]]:
+    """Per-row token lists from TokenEvents (inactive steps dropped)."""
+    out: list[list[int]] = [[] for _ in range(batch_size)]
+    for ev in events:
+        for r in range(batch_size):
+            if bool(ev.active[r]):
+                out[r].append(int(ev.tokens[r]))
+    return out
+
+
+__all__ = [
+    "Context", "Generator", "TextSampling", "VisualSampling", "TokenEvent", "BlockEvent", "VisualEvent",
+    "sample_next", "token_batch", "decode_text_events",
+]
