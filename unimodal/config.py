@@ -165,3 +165,58 @@ class ModelConfig:
 def list_presets() -> list[str]:
     return list(PRESETS)
 
+
+
+@dataclass
+class VisualConfig:
+    """How pixels become visual tokens and blocks (pixel-space patches; a VAE adds `vae_dir`).
+
+    The token grid is (image_size / (vae_downsample * patch_size))²; blocks are
+    block_h × block_w tokens (video: frames_per_block whole frames).
+    """
+
+    channels: int = 3  # pixel channels, or VAE latent channels
+    image_size: int = 64  # pixels per side
+    patch_size: int = 8  # tokens are patch_size² pixels (latent cells with a VAE)
+    block_h: int = 4  # block height in tokens
+    block_w: int = 4  # block width in tokens
+    frames: int = 1  # >1: video
+    frames_per_block: int = 1
+    vae_dir: str | None = None  # local AutoencoderKL directory (latent path); None: pixel space
+    vae_downsample: int = 8  # SD-VAE spatial factor (used only with vae_dir)
+
+    def __post_init__(self) -> None:
+        for f in ("channels", "image_size", "patch_size", "block_h", "block_w", "frames", "frames_per_block", "vae_downsample"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"VisualConfig.{f}={v!r} is invalid: must be a positive integer")
+        side = self.image_size // (self.vae_downsample if self.vae_dir else 1)
+        if side % self.patch_size:
+            raise ConfigError(
+                f"VisualConfig.patch_size={self.patch_size} does not divide the {side}-pixel side "
+                f"(image_size={self.image_size}{', after the VAE' if self.vae_dir else ''})"
+            )
+        g = side // self.patch_size
+        if g % self.block_h or g % self.block_w:
+            raise ConfigError(
+                f"VisualConfig block {self.block_h}x{self.block_w} does not tile the {g}x{g} token grid"
+            )
+        if self.frames % self.frames_per_block:
+            raise ConfigError(f"VisualConfig.frames={self.frames} is not divisible by frames_per_block={self.frames_per_block}")
+
+    @property
+    def grid(self) -> int:
+        """Tokens per side."""
+        return self.image_size // (self.vae_downsample if self.vae_dir else 1) // self.patch_size
+
+    @property
+    def token_dim(self) -> int:
+        return self.channels * self.patch_size**2
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "VisualConfig":
+        valid = [f.name for f in fields(cls)]
+        for k in d:
+            if k not in valid:
+                raise ConfigError(f"unknown VisualConfig field {k!r}; valid fields: {valid}.{suggest(k, valid)}")
+        return cls(**d)

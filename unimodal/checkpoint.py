@@ -1,0 +1,189 @@
+"""Checkpoints: safetensors weights + the resolved config, written atomically.
+
+A checkpoint directory holds::
+
+    model.safetensors   weights of the model
+    ema.safetensors     EMA weights (optional; used by default for sampling and eval)
+    config.yaml         resolved configs: model, visual, schedule, plus `extra` (tasks, training)
+    meta.json           step, versions, free-form metadata
+    tokenizer/          the text tokenizer (optional)
+
+Writing goes to a temporary sibling directory that is renamed into place, so a
+crash never leaves a half-written checkpoint. Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from . import __version__
+from .config import ModelConfig, VisualConfig
+
+MODEL_FILE, EMA_FILE, CONFIG_FILE, META_FILE, TOKENIZER_DIR = (
+    "model.safetensors", "ema.safetensors", "config.yaml", "meta.json", "tokenizer",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or does not fit; the message names the file or key."""
+
+
+def _state_for_save(model: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    sd = model if isinstance(model, dict) else model.state_dict()
+    out, seen = {}, {}
+    for k, v in sd.items():
+        ptr = v.data_ptr()
+        if ptr in seen and v.numel() and seen[ptr][1] == v.shape:  # tied weights are saved once
+            continue
+        seen[ptr] = (k, v.shape)
+        out[k] = v.detach().to("cpu").contiguous()
+    return out
+
+
+def atomic_directory(target: Path, write: Any) -> Path:
+    """Call write(tmp_dir), then rename tmp_dir to `target` (replacing an old one)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}-{time.time_ns()}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    *,
+    visual: VisualConfig | None = None,
+    schedule: Any | None = None,
+    ema: torch.nn.Module | dict[str, torch.Tensor] | None = None,
+    tokenizer_dir: str | Path | None = None,
+    extra: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically; returns its path."""
+    from safetensors.torch import save_file
+
+    cfg: ModelConfig = model.cfg  # type: ignore[attr-defined]
+    config = {
+        "model": cfg.to_dict(),
+        "visual": None if visual is None else _asdict(visual),
+        "schedule": None if schedule is None else _asdict(schedule),
+        **(extra or {}),
+    }
+    meta = {"unimodal_version": __version__, "torch_version": torch.__version__, "saved_at": time.time(), **(meta or {})}
+
+    def write(tmp: Path) -> None:
+        save_file(_state_for_save(model), str(tmp / MODEL_FILE))
+        if ema is not None:
+            save_file(_state_for_save(ema), str(tmp / EMA_FILE))
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        if tokenizer_dir is not None:
+            shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
+
+    return atomic_directory(Path(path), write)
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    import dataclasses
+
+    return dataclasses.asdict(obj)
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint."""
+
+    path: Path
+    model: torch.nn.Module
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    visual: VisualConfig | None = None
+    used_ema: bool = False
+    tokenizer_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a truncated or foreign file is a CheckpointError naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers/data
+        raise CheckpointError(f"cannot read weights file {str(file)!r}: {type(e).__name__}: {e}") from None
+
+
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `state` into `model`, raising one error that lists missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    tied = {k for k in own if k == "lm_head.weight" and getattr(model.cfg, "tie_embeddings", False)}
+    missing = sorted(set(own) - set(state) - tied)
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+        if shapes:
+            parts.append("shape mismatches " + "; ".join(shapes[:5]))
+        raise CheckpointError(f"{source} does not fit the model: " + ", ".join(parts))
+    model.load_state_dict(state, strict=False)
+
+
+def load_checkpoint(path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint directory into a fresh model (EMA weights when present and `use_ema`)."""
+    from .model import ACDiT
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist")
+    for f in (CONFIG_FILE, MODEL_FILE):
+        if not (path / f).is_file():
+            raise CheckpointError(f"checkpoint {str(path)!r} has no {f}: not a unimodal checkpoint (or an interrupted write)")
+    try:
+        config = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
+        model_cfg = ModelConfig.from_dict(config["model"])
+    except (yaml.YAMLError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{str(path / CONFIG_FILE)!r} is not a valid checkpoint config: {e}") from None
+    meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
+    model = ACDiT(model_cfg)
+    ema_file = path / EMA_FILE
+    used_ema = use_ema and ema_file.is_file()
+    file = ema_file if used_ema else path / MODEL_FILE
+    load_state_into(model, read_weights(file), str(file))
+    model.to(device).eval()
+    visual = VisualConfig.from_dict(config["visual"]) if config.get("visual") else None
+    tok = path / TOKENIZER_DIR
+    extra = {k: v for k, v in config.items() if k not in ("model", "visual", "schedule")}
+    return Checkpoint(path, model, config, meta, visual, used_ema, tok if tok.is_dir() else None, extra)

@@ -1,0 +1,71 @@
+"""PIL images <-> model tensors in [-1, 1]."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+_MODES = {1: "L", 3: "RGB"}
+
+
+def to_tensor_images(
+    images: Sequence[Image.Image],
+    size: int | tuple[int, int] | None = None,
+    channels: int = 3,
+    pad_to: int | tuple[int, int] | None = None,
+    pad_value: int = 0,
+) -> torch.Tensor:
+    """Stack PIL images into a float batch in [-1, 1].
+
+    Args:
+        images: PIL images of one size (after `size`), any mode.
+        size: resize to this (H, W) (an int means square) with bicubic filtering first.
+        channels: 1 (grayscale) or 3 (RGB); images are converted to that mode.
+        pad_to: then pad symmetrically to this (H, W), e.g. 32 for 28x28 Fashion-MNIST
+            so 4x4 / 8x8 patches tile it. Odd margins put the extra pixel bottom/right.
+        pad_value: pixel value (0..255) of the padding; 0 is Fashion-MNIST's and
+            digits' black background.
+
+    Returns:
+        (B, channels, H, W) float32 in [-1, 1].
+    """
+    if channels not in _MODES:
+        raise ValueError(f"channels must be one of {sorted(_MODES)}, got {channels}")
+    if not images:
+        raise ValueError("to_tensor_images got no images")
+    if not 0 <= pad_value <= 255:
+        raise ValueError(f"pad_value is a pixel value in 0..255, got {pad_value}")
+    arrays = []
+    for index, im in enumerate(images):
+        im = im.convert(_MODES[channels])
+        if size is not None:
+            h, w = (size, size) if isinstance(size, int) else size
+            im = im.resize((w, h), Image.Resampling.BICUBIC)
+        arr = np.asarray(im, dtype=np.uint8)
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
+        if arrays and arr.shape != arrays[0].shape:
+            raise ValueError(f"image {index} has size {arr.shape[1:]} but image 0 has {arrays[0].shape[1:]}; pass size=")
+        arrays.append(arr)
+    batch = np.stack(arrays)  # (B, C, H, W) uint8
+    if pad_to is not None:
+        ph, pw = (pad_to, pad_to) if isinstance(pad_to, int) else pad_to
+        H, W = batch.shape[-2:]
+        if ph < H or pw < W:
+            raise ValueError(f"pad_to={pad_to} is smaller than the images ({H}x{W})")
+        top, left = (ph - H) // 2, (pw - W) // 2
+        batch = np.pad(batch, ((0, 0), (0, 0), (top, ph - H - top), (left, pw - W - left)), constant_values=pad_value)
+    return torch.from_numpy(batch).float().div_(127.5).sub_(1.0)
+
+
+def to_pil_images(images: torch.Tensor) -> list[Image.Image]:
+    """Inverse of `to_tensor_images` (without the resize/pad): (B, C, H, W) in [-1, 1] -> PIL images.
+
+    Values are clamped to [-1, 1] and rounded to the nearest 8-bit level.
+    """
+    if images.ndim != 4 or images.shape[1] not in _MODES:
+        raise ValueError(f"expected (B, 1 or 3, H, W) images, got shape {tuple(images.shape)}")
+    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    return [Image.fromarray(p[0] if p.shape[0] == 1 else p.transpose(1, 2, 0)) for p in pixels]
