@@ -1,0 +1,154 @@
+"""Task heads: what an example is for a task, and the registry that names them.
+
+A task turns a dataset record into an `Example` (layout + visual tokens + class
+label); the loss is always the shared `compute_loss`, the layout's text targets
+and noisy blocks say what is trained. Images are tokenised once per dataset into
+an `ImageBank`, shared by every task that reads the same data.
+
+Sequence formats (ids of `<bos> <boi> <eoi> <eos>` come from the tokenizer):
+
+* class→image:  [image, noised]                          (class label via AdaLN)
+* text→image:   <bos> caption <boi> [image, noised]      (caption dropped: <bos> <boi>)
+* captioning:   <bos> <boi> [image, clean] <eoi> caption <eos>
+* VQA:          <bos> <boi> [image, clean] <eoi> question answer <eos>   (loss on the answer)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+
+from unimodal.batch import Example
+from unimodal.config import VisualConfig, suggest
+from unimodal.layout import Image, Layout, Text
+from unimodal.tokenizers.visual import patchify, unpatchify
+
+TASKS: dict[str, type["Task"]] = {}
+
+
+def register_task(cls: type["Task"]) -> type["Task"]:
+    """Class decorator: make a task available by its `name`."""
+    if cls.name in TASKS:
+        raise ValueError(f"task {cls.name!r} is registered twice")
+    TASKS[cls.name] = cls
+    return cls
+
+
+def list_tasks() -> list[str]:
+    return sorted(TASKS)
+
+
+def get_task_class(name: str) -> type["Task"]:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {list_tasks()}.{suggest(name, list_tasks())}")
+    return TASKS[name]
+
+
+class RecordError(ValueError):
+    """A dataset record does not fit a task; the message names the record and field."""
+
+
+@dataclass
+class ImageBank:
+    """All images of one dataset split as visual tokens, plus the raw records' other columns.
+
+    tokens: (N, T, C) float tokens in natural raster order, pixels scaled to [-1, 1].
+    columns: the dataset's non-image columns as Python lists.
+    """
+
+    tokens: torch.Tensor
+    columns: dict[str, list[Any]]
+    name: str = ""
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def column(self, key: str, index: int) -> Any:
+        if key not in self.columns:
+            raise RecordError(f"{self.name} record {index} has no field {key!r}; fields: {sorted(self.columns)}")
+        return self.columns[key][index]
+
+
+def images_to_tokens(images: torch.Tensor, visual: VisualConfig) -> torch.Tensor:
+    """(N, C, H, W) in [-1, 1] → (N, T, token_dim) pixel-space tokens."""
+    return patchify(images, visual.patch_size)
+
+
+def tokens_to_images(tokens: torch.Tensor, visual: VisualConfig) -> torch.Tensor:
+    """(N, T, token_dim) → (N, C, H, W), clamped to [-1, 1]."""
+    g = visual.grid * visual.patch_size
+    return unpatchify(tokens, g, g, visual.patch_size, visual.channels).clamp(-1, 1)
+
+
+def build_image_bank(dataset: Any, visual: VisualConfig, name: str = "", batch: int = 512) -> ImageBank:
+    """Tokenise every image of a `datasets.Dataset` (column `image`) for the pixel path.
+
+    Images are converted to `visual.channels` channels and resized (or zero-padded
+    when smaller, e.g. Fashion-MNIST 28 → 32) to `visual.image_size`.
+    """
+    from unimodal.data.transforms import to_tensor_images
+
+    if visual.vae_dir:
+        raise ValueError("the built-in task heads tokenise pixels; encode latents with VAETokenizer for vae_dir")
+    if "image" not in dataset.column_names:
+        raise RecordError(f"dataset {name!r} has no 'image' column; columns: {dataset.column_names}")
+    out = []
+    for start in range(0, len(dataset), batch):
+        imgs = dataset[start : start + batch]["image"]
+        w = imgs[0].size[0]
+        s = visual.image_size
+        pad = s if w < s else None
+        size = None if w == s or pad else s
+        out.append(images_to_tokens(to_tensor_images(imgs, size=size, channels=visual.channels, pad_to=pad), visual))
+    cols = {c: dataset[c] for c in dataset.column_names if c != "image"}
+    return ImageBank(torch.cat(out), cols, name)
+
+
+class Task:
+    """Base class of a task head.
+
+    Args:
+        visual: token grid and block shape of images.
+        tokenizer: the text tokenizer (TextTokenizer) for tasks with text; may be None otherwise.
+        drop_prob: probability of dropping the condition (label / prompt) for guidance.
+    """
+
+    name: ClassVar[str] = ""
+    needs_text: ClassVar[bool] = True
+    needs_class: ClassVar[bool] = False
+
+    def __init__(self, visual: VisualConfig, tokenizer: Any = None, drop_prob: float = 0.1):
+        if self.needs_text and tokenizer is None:
+            raise ValueError(f"task {self.name!r} needs a text tokenizer")
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob={drop_prob} is invalid: must be in [0, 1)")
+        self.visual, self.tok, self.drop_prob = visual, tokenizer, drop_prob
+
+    # --- formats shared by training and prediction -----------------------------------------
+    def image_segment(self, noisy: bool) -> Image:
+        g, v = self.visual.grid, self.visual
+        return Image(g, g, v.block_h, v.block_w, noisy=noisy)
+
+    def accepts(self, bank: ImageBank, index: int) -> bool:
+        """Whether record `index` can train this task (e.g. it has a caption)."""
+        return True
+
+    def example(self, bank: ImageBank, index: int, rng: np.random.Generator) -> Example:
+        raise NotImplementedError
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text)
+
+
+def make_example(segments: list, tokens: torch.Tensor | None, label: int = -1) -> Example:
+    return Example(Layout(segments), tokens, label)
+
+
+TextFn = Callable[[str], list[int]]
+__all__ = [
+    "Task", "TASKS", "register_task", "list_tasks", "get_task_class", "ImageBank", "RecordError",
+    "build_image_bank", "images_to_tokens", "tokens_to_images", "make_example", "Text",
+]

@@ -1,0 +1,67 @@
+"""Generation task heads: class→image and text→image."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from unimodal.batch import Example
+from unimodal.generate import Generator, VisualSampling
+from unimodal.layout import Layout, Text
+
+from .base import ImageBank, RecordError, Task, make_example, register_task, tokens_to_images
+
+
+@register_task
+class ClassToImage(Task):
+    """Class-conditional image generation; the label is dropped (null class) with `drop_prob`."""
+
+    name = "class_to_image"
+    needs_text = False
+    needs_class = True
+
+    def example(self, bank: ImageBank, index: int, rng: np.random.Generator) -> Example:
+        label = bank.column("label", index)
+        if not isinstance(label, (int, np.integer)) or label < 0:
+            raise RecordError(f"{bank.name} record {index}: label {label!r} must be a non-negative integer")
+        if rng.random() < self.drop_prob:
+            label = -1
+        return make_example([self.image_segment(noisy=True)], bank.tokens[index], int(label))
+
+    @torch.no_grad()
+    def generate(self, model, labels: list[int], sampling: VisualSampling, seed: int = 0) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1] for the given class labels."""
+        g = Generator(model, len(labels), seed=seed)
+        tokens = g.generate_visual(self.image_segment(False), sampling, class_labels=torch.tensor(labels))
+        return tokens_to_images(tokens.cpu(), self.visual)
+
+
+@register_task
+class TextToImage(Task):
+    """Caption → image; the caption is dropped (prompt `<bos> <boi>`) with `drop_prob` for guidance."""
+
+    name = "text_to_image"
+
+    def accepts(self, bank: ImageBank, index: int) -> bool:
+        return bool(bank.columns.get("caption", [""] * (index + 1))[index])
+
+    def prompt(self, caption: str | None) -> list[int]:
+        body = self.encode(caption) if caption else []
+        return [self.tok.bos_id, *body, self.tok.boi_id]
+
+    def example(self, bank: ImageBank, index: int, rng: np.random.Generator) -> Example:
+        caption = bank.column("caption", index)
+        if not caption:
+            raise RecordError(f"{bank.name} record {index} has an empty 'caption'")
+        prompt = self.prompt(None if rng.random() < self.drop_prob else caption)
+        return make_example([Text(prompt), self.image_segment(noisy=True)], bank.tokens[index])
+
+    @torch.no_grad()
+    def generate(self, model, captions: list[str], sampling: VisualSampling, seed: int = 0) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1] for the captions (CFG drops the caption)."""
+        n = len(captions)
+        g = Generator(model, n, seed=seed)
+        cond = [Example(Layout([Text(self.prompt(c))])) for c in captions]
+        uncond = [Example(Layout([Text(self.prompt(None))]))] * n if sampling.cfg_scale != 1.0 else None
+        g.prefill(cond, uncond=uncond)
+        return tokens_to_images(g.generate_visual(self.image_segment(False), sampling).cpu(), self.visual)

@@ -1,0 +1,111 @@
+"""A task mixture: one stream of batches that trains several task heads jointly.
+
+`TaskMixture.batch(step, rank, world_size, batch_size)` is a pure function of
+(seed, step, rank), so resuming at a step needs no data-loader state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from unimodal.batch import SequenceBatch, collate
+from unimodal.config import VisualConfig
+
+from .base import ImageBank, Task, build_image_bank, get_task_class
+
+
+@dataclass
+class TaskSpec:
+    """One entry of a mixture (the `tasks:` list of a training config)."""
+
+    name: str
+    dataset: str
+    weight: float = 1.0
+    split: str = "train"
+    drop_prob: float = 0.1  # condition dropout for guidance (label / prompt)
+    options: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TaskSpec":
+        from unimodal.config import ConfigError, suggest
+
+        valid = list(cls.__dataclass_fields__)
+        for k in d:
+            if k not in valid:
+                raise ConfigError(f"unknown task field {k!r}; valid fields: {valid}.{suggest(k, valid)}")
+        for k in ("name", "dataset"):
+            if k not in d:
+                raise ConfigError(f"a task entry needs {k!r}: got {d}")
+        if float(d.get("weight", 1.0)) <= 0:
+            raise ConfigError(f"task {d['name']!r}: weight must be > 0, got {d['weight']}")
+        return cls(**d)
+
+
+class TaskMixture:
+    """Draws each example's task by weight and its record uniformly among those the task accepts."""
+
+    def __init__(self, entries: list[tuple[Task, float, ImageBank]], token_dim: int, seed: int = 0):
+        if not entries:
+            raise ValueError("a task mixture needs at least one task")
+        self.entries, self.token_dim, self.seed = entries, token_dim, seed
+        w = np.array([e[1] for e in entries], dtype=np.float64)
+        self.probs = w / w.sum()
+        self.indices = []
+        for task, _, bank in entries:
+            idx = np.array([i for i in range(len(bank)) if task.accepts(bank, i)], dtype=np.int64)
+            if len(idx) == 0:
+                raise ValueError(f"task {task.name!r}: no record of {bank.name!r} can train it")
+            self.indices.append(idx)
+
+    @property
+    def tasks(self) -> list[Task]:
+        return [e[0] for e in self.entries]
+
+    def examples(self, step: int, rank: int, batch_size: int) -> list:
+        rng = np.random.default_rng([self.seed, step, rank])
+        out = []
+        for _ in range(batch_size):
+            k = int(rng.choice(len(self.entries), p=self.probs))
+            task, _, bank = self.entries[k]
+            out.append(task.example(bank, int(rng.choice(self.indices[k])), rng))
+        return out
+
+    def batch(self, step: int, rank: int, world_size: int, batch_size: int) -> SequenceBatch:
+        """The batch of one rank at one step (rank's own random stream; world_size kept for the protocol)."""
+        return collate(self.examples(step, rank, batch_size), self.token_dim)
+
+
+def load_bank(dataset: str, split: str, visual: VisualConfig, options: dict[str, Any] | None = None) -> ImageBank:
+    from unimodal.data import load_dataset
+
+    ds = load_dataset(dataset, split, **(options or {}))
+    return build_image_bank(ds, visual, name=f"{dataset}/{split}")
+
+
+def build_mixture(
+    specs: list[TaskSpec | dict[str, Any]], visual: VisualConfig, tokenizer: Any, seed: int = 0
+) -> TaskMixture:
+    """Instantiate tasks and tokenise each (dataset, split) once."""
+    banks: dict[tuple[str, str, str], ImageBank] = {}
+    entries = []
+    for s in specs:
+        s = s if isinstance(s, TaskSpec) else TaskSpec.from_dict(s)
+        key = (s.dataset, s.split, repr(sorted(s.options.items())))
+        if key not in banks:
+            banks[key] = load_bank(s.dataset, s.split, visual, s.options)
+        task = get_task_class(s.name)(visual, tokenizer, drop_prob=s.drop_prob)
+        entries.append((task, s.weight, banks[key]))
+    return TaskMixture(entries, visual.token_dim, seed)
+
+
+def build_batch_source(train_cfg: Any, model_cfg: Any, visual_cfg: VisualConfig, tokenizer: Any) -> TaskMixture:
+    """The trainer's data: the mixture of `train_cfg.tasks` seeded by `train_cfg.seed`."""
+    if visual_cfg.token_dim != model_cfg.token_dim:
+        raise ValueError(
+            f"visual config gives token_dim {visual_cfg.token_dim} (channels*patch²) but the model has "
+            f"token_dim {model_cfg.token_dim}"
+        )
+    return build_mixture(list(train_cfg.tasks), visual_cfg, tokenizer, seed=int(train_cfg.seed))

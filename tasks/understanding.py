@@ -1,0 +1,89 @@
+"""Understanding task heads: captioning and VQA through the language-model head."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from unimodal.batch import Example
+from unimodal.generate import Generator, TextSampling, decode_text_events
+from unimodal.layout import Layout, Text
+
+from .base import ImageBank, RecordError, Task, make_example, register_task
+
+
+class _ImageToText(Task):
+    """Shared: an image as clean context, then text decoded greedily."""
+
+    def context(self, question: str | None = None) -> list:
+        """Segments before the generated text: <bos> <boi> [image] <eoi> (question)."""
+        tail = [self.tok.eoi_id] + (self.encode(question) if question else [])
+        return [Text([self.tok.bos_id, self.tok.boi_id], loss=False), self.image_segment(noisy=False), Text(tail, loss=False)]
+
+    @torch.no_grad()
+    def _decode(self, model, tokens: torch.Tensor, questions: list[str | None], max_new_tokens: int, batch_size: int) -> list[str]:
+        out: list[str] = []
+        stop = TextSampling(max_new_tokens=max_new_tokens, temperature=0.0, stop_tokens=(self.tok.eos_id,))
+        for s in range(0, len(tokens), batch_size):
+            chunk = tokens[s : s + batch_size]
+            qs = questions[s : s + batch_size]
+            g = Generator(model, len(chunk))
+            g.prefill([Example(Layout(self.context(q)), t) for q, t in zip(qs, chunk)])
+            ids = decode_text_events(list(g.stream_text(stop)), len(chunk))
+            out += [self.tok.decode([i for i in row if i != self.tok.eos_id]).strip() for row in ids]
+        return out
+
+
+@register_task
+class Captioning(_ImageToText):
+    """Image → caption; cross-entropy on the caption and <eos>."""
+
+    name = "captioning"
+
+    def accepts(self, bank: ImageBank, index: int) -> bool:
+        return bool(bank.columns.get("caption", [""] * (index + 1))[index])
+
+    def example(self, bank: ImageBank, index: int, rng: np.random.Generator) -> Example:
+        caption = bank.column("caption", index)
+        if not caption:
+            raise RecordError(f"{bank.name} record {index} has an empty 'caption'")
+        ctx = self.context()
+        ctx[-1] = Text([self.tok.eoi_id, *self.encode(caption), self.tok.eos_id])  # <eoi> predicts the first word
+        return make_example(ctx, bank.tokens[index])
+
+    def predict(self, model, tokens: torch.Tensor, max_new_tokens: int = 16, batch_size: int = 64) -> list[str]:
+        """Greedy captions for (N, T, C) image tokens."""
+        return self._decode(model, tokens, [None] * len(tokens), max_new_tokens, batch_size)
+
+
+@register_task
+class VQA(_ImageToText):
+    """Image + question → answer; loss on the answer tokens (and <eos>) only.
+
+    Reads per-image records (`questions`, `answers` lists: one pair drawn per example)
+    or per-question records (`question`, `answer`).
+    """
+
+    name = "vqa"
+
+    def pair(self, bank: ImageBank, index: int, rng: np.random.Generator) -> tuple[str, str]:
+        if "questions" in bank.columns:
+            qs, ans = bank.column("questions", index), bank.column("answers", index)
+            if not qs or len(qs) != len(ans):
+                raise RecordError(f"{bank.name} record {index}: 'questions' and 'answers' must be non-empty and of equal length")
+            k = int(rng.integers(len(qs)))
+            return qs[k], ans[k]
+        return bank.column("question", index), bank.column("answer", index)
+
+    def example(self, bank: ImageBank, index: int, rng: np.random.Generator) -> Example:
+        q, a = self.pair(bank, index, rng)
+        if not q or not a:
+            raise RecordError(f"{bank.name} record {index}: empty question or answer")
+        segs = self.context(q) + [Text([*self.encode(a), self.tok.eos_id])]
+        return make_example(segs, bank.tokens[index])
+
+    def predict(self, model, tokens: torch.Tensor, questions: list[str], max_new_tokens: int = 8, batch_size: int = 64) -> list[str]:
+        """Greedy answers for (N, T, C) image tokens and their questions."""
+        if len(questions) != len(tokens):
+            raise ValueError(f"{len(questions)} questions for {len(tokens)} images")
+        return self._decode(model, tokens, list(questions), max_new_tokens, batch_size)

@@ -1,0 +1,130 @@
+import numpy as np
+import pytest
+import torch
+
+from unimodal.config import VisualConfig
+from unimodal.diffusion import NoiseSchedule, compute_loss
+from unimodal.layout import IGNORE, TEXT
+from unimodal.model import create_model
+from unimodal.tasks import (
+    ImageBank,
+    RecordError,
+    build_image_bank,
+    build_mixture,
+    get_task_class,
+    list_tasks,
+)
+from unimodal.tokenizers import TextTokenizer
+
+V = VisualConfig(channels=3, image_size=64, patch_size=16, block_h=2, block_w=2)  # 4x4 tokens, 4 blocks
+
+
+@pytest.fixture(scope="module")
+def easyvqa():
+    from unimodal.data import load_dataset
+
+    return load_dataset("easyvqa", "test")
+
+
+@pytest.fixture(scope="module")
+def tok(easyvqa, tmp_path_factory):
+    texts = [q for qs in easyvqa["questions"] for q in qs] + [c for c in easyvqa["caption"] if c]
+    texts += [a for ans in easyvqa["answers"] for a in ans]
+    return TextTokenizer.train(texts, vocab_size=320, out_dir=tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def bank(easyvqa):
+    return build_image_bank(easyvqa.select(range(64)), V, name="easyvqa/test")
+
+
+def targets_of(ex):
+    lay = ex.layout
+    return [int(t) for t in lay.text_target if t != IGNORE]
+
+
+def test_registry_lists_tasks_and_suggests():
+    assert {"class_to_image", "text_to_image", "captioning", "vqa"} <= set(list_tasks())
+    with pytest.raises(ValueError, match="captioning"):
+        get_task_class("captionning")
+
+
+def test_image_bank_round_trips_pixels(easyvqa, bank):
+    from unimodal.data.transforms import to_tensor_images
+    from unimodal.tasks import tokens_to_images
+
+    imgs = to_tensor_images(easyvqa.select(range(4))["image"], channels=3)
+    torch.testing.assert_close(tokens_to_images(bank.tokens[:4], V), imgs)
+
+
+def test_vqa_trains_only_the_answer(tok, bank):
+    vqa = get_task_class("vqa")(V, tok)
+    rng = np.random.default_rng(0)
+    ex = vqa.example(bank, 0, rng)
+    q, a = vqa.pair(bank, 0, np.random.default_rng(0))
+    assert targets_of(ex) == tok.encode(a) + [tok.eos_id]
+    assert ex.layout.num_noisy_blocks == 0  # understanding: the image is clean context only
+    ids = ex.layout.text_ids[ex.layout.modality == TEXT].tolist()
+    assert ids == [tok.bos_id, tok.boi_id, tok.eoi_id] + tok.encode(q) + tok.encode(a) + [tok.eos_id]
+
+
+def test_captioning_and_text_to_image_formats(tok, bank):
+    i = next(i for i in range(len(bank)) if bank.columns["caption"][i])
+    cap = bank.columns["caption"][i]
+    ex = get_task_class("captioning")(V, tok).example(bank, i, np.random.default_rng(0))
+    assert targets_of(ex) == tok.encode(cap) + [tok.eos_id]
+    t2i = get_task_class("text_to_image")(V, tok, drop_prob=0.5)
+    prompts = set()
+    for s in range(40):
+        e = t2i.example(bank, i, np.random.default_rng(s))
+        assert e.layout.num_noisy_blocks == 4
+        prompts.add(tuple(e.layout.text_ids[e.layout.modality == TEXT].tolist()))
+    # with and without the caption (guidance dropout), nothing else
+    assert prompts == {(tok.bos_id, *tok.encode(cap), tok.boi_id), (tok.bos_id, tok.boi_id)}
+
+
+def test_class_to_image_label_dropout_rate():
+    bank = ImageBank(torch.zeros(10, 16, V.token_dim), {"label": list(range(10))}, "fake")
+    task = get_task_class("class_to_image")(V, None, drop_prob=0.25)
+    rng = np.random.default_rng(0)
+    labels = [task.example(bank, i % 10, rng).class_label for i in range(2000)]
+    assert abs(np.mean([l == -1 for l in labels]) - 0.25) < 0.03
+    assert all(l == i % 10 for i, l in enumerate(labels) if l != -1)
+
+
+def test_bad_records_are_named():
+    bank = ImageBank(torch.zeros(2, 16, V.token_dim), {"label": [1, "cat"]}, "fake")
+    task = get_task_class("class_to_image")(V, None)
+    with pytest.raises(RecordError, match="fake record 1"):
+        task.example(bank, 1, np.random.default_rng(0))
+    bank2 = ImageBank(torch.zeros(1, 16, V.token_dim), {"questions": [["q?"]], "answers": [[]]}, "fake2")
+    with pytest.raises(RecordError, match="fake2 record 0"):
+        get_task_class("vqa")(V, object()).example(bank2, 0, np.random.default_rng(0))
+
+
+def test_mixture_is_deterministic_per_step_and_rank_and_trains(tok, monkeypatch, bank):
+    import unimodal.tasks.mixture as mixture
+
+    monkeypatch.setattr(mixture, "load_bank", lambda *a, **k: bank)
+    specs = [
+        {"name": "text_to_image", "dataset": "easyvqa", "weight": 2.0},
+        {"name": "captioning", "dataset": "easyvqa"},
+        {"name": "vqa", "dataset": "easyvqa"},
+    ]
+    mix = build_mixture(specs, V, tok, seed=3)
+    a, b = mix.batch(5, 0, 2, 8), mix.batch(5, 0, 2, 8)
+    assert torch.equal(a.visual, b.visual) and torch.equal(a.text_ids, b.text_ids)
+    assert not torch.equal(mix.batch(5, 1, 2, 8).text_ids, a.text_ids)
+    torch.manual_seed(0)
+    m = create_model("tiny", token_dim=V.token_dim, vocab_size=tok.vocab_size)
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
+    sched, g = NoiseSchedule(), torch.Generator().manual_seed(0)
+    hist = []
+    for step in range(40):
+        p = compute_loss(m, mix.batch(step, 0, 1, 16), sched, generator=g)
+        opt.zero_grad()
+        p["loss"].backward()
+        opt.step()
+        hist.append((p["text"].item(), p["diffusion"].item()))
+    first, last = np.mean(hist[:5], axis=0), np.mean(hist[-5:], axis=0)
+    assert last[0] < 0.5 * first[0] and last[1] < first[1], (first, last)
