@@ -29,11 +29,14 @@ class ClassToImage(Task):
         return make_example([self.image_segment(noisy=True)], bank.tokens[index], int(label))
 
     @torch.no_grad()
-    def generate(self, model, labels: list[int], sampling: VisualSampling, seed: int = 0) -> torch.Tensor:
-        """Images (N, C, H, W) in [-1, 1] for the given class labels."""
+    def generate_tokens(self, model, labels: list[int], sampling: VisualSampling, seed: int = 0) -> torch.Tensor:
+        """Visual tokens (N, T, C) in natural raster order for the given class labels."""
         g = Generator(model, len(labels), seed=seed)
-        tokens = g.generate_visual(self.image_segment(False), sampling, class_labels=torch.tensor(labels))
-        return tokens_to_images(tokens.cpu(), self.visual)
+        return g.generate_visual(self.image_segment(False), sampling, class_labels=torch.tensor(labels)).cpu()
+
+    def generate(self, model, labels: list[int], sampling: VisualSampling, seed: int = 0) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1] for the given class labels (pixel-space tokens)."""
+        return tokens_to_images(self.generate_tokens(model, labels, sampling, seed), self.visual)
 
 
 @register_task
@@ -57,11 +60,15 @@ class TextToImage(Task):
         return make_example([Text(prompt), self.image_segment(noisy=True)], bank.tokens[index])
 
     @torch.no_grad()
-    def generate(self, model, captions: list[str], sampling: VisualSampling, seed: int = 0) -> torch.Tensor:
-        """Images (N, C, H, W) in [-1, 1] for the captions (CFG drops the caption)."""
+    def generate_tokens(self, model, captions: list[str], sampling: VisualSampling, seed: int = 0) -> torch.Tensor:
+        """Visual tokens (N, T, C) for the captions (CFG's unconditional branch drops the caption)."""
         n = len(captions)
         g = Generator(model, n, seed=seed)
         cond = [Example(Layout([Text(self.prompt(c))])) for c in captions]
         uncond = [Example(Layout([Text(self.prompt(None))]))] * n if sampling.cfg_scale != 1.0 else None
         g.prefill(cond, uncond=uncond)
-        return tokens_to_images(g.generate_visual(self.image_segment(False), sampling).cpu(), self.visual)
+        return g.generate_visual(self.image_segment(False), sampling).cpu()
+
+    def generate(self, model, captions: list[str], sampling: VisualSampling, seed: int = 0) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1] for the captions (pixel-space tokens)."""
+        return tokens_to_images(self.generate_tokens(model, captions, sampling, seed), self.visual)

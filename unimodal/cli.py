@@ -89,7 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Later subcommands (sample, train, eval, ...) add themselves here: each is a function(subparsers).
-_REGISTRARS: list = []
+def _register_sample(sub: argparse._SubParsersAction) -> None:
+    from .sample_cli import register
+
+    register(sub)
+
+
+_REGISTRARS: list = [_register_sample]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,83 @@
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from conftest import randomize_
+from unimodal.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from unimodal.cli import main
+from unimodal.config import VisualConfig
+from unimodal.model import create_model
+from unimodal.tokenizers import TextTokenizer
+
+V = VisualConfig(channels=1, image_size=8, patch_size=2, block_h=2, block_w=2)  # 4x4 tokens, 4 blocks
+
+
+@pytest.fixture
+def class_ckpt(tmp_path):
+    m = randomize_(create_model("tiny", token_dim=V.token_dim, vocab_size=0, num_classes=3), std=0.02)
+    return save_checkpoint(tmp_path / "c2i", m, visual=V)
+
+
+@pytest.fixture
+def text_ckpt(tmp_path):
+    tok = TextTokenizer.train(["a red circle", "a blue square", "a green triangle"] * 20, vocab_size=300, out_dir=tmp_path / "tok")
+    m = randomize_(create_model("tiny", token_dim=V.token_dim, vocab_size=tok.vocab_size), std=0.02)
+    return save_checkpoint(tmp_path / "t2i", m, visual=V, tokenizer_dir=tmp_path / "tok")
+
+
+def test_class_label_grid_and_individual_images(class_ckpt, tmp_path):
+    out = tmp_path / "grid.png"
+    rc = main(["sample", "--checkpoint", str(class_ckpt), "--class-label", "1", "--num", "4", "--steps", "3",
+               "--cfg", "1.5", "--out", str(out)])
+    assert rc == 0 and out.is_file()
+    assert PILImage.open(out).size == (2 + 2 * (8 + 2), 2 + 2 * (8 + 2))  # 2x2 grid of 8x8 with 2px gaps
+    assert len(list(tmp_path.glob("grid_*.png"))) == 4
+
+
+def test_prompt_sampling_is_deterministic(text_ckpt, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for p in (a, b):
+        assert main(["sample", "--checkpoint", str(text_ckpt), "--prompt", "a red circle", "--num", "2",
+                     "--steps", "2", "--out", str(p), "--grid-only"]) == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--class-label", "7"], "out of range"),
+        (["--prompt", "a red circle"], "no text tokenizer"),
+        (["--class-label", "x"], "comma-separated"),
+        ([], "exactly one of"),
+    ],
+)
+def test_bad_requests_get_one_clear_error(class_ckpt, tmp_path, capsys, args, message):
+    rc = main(["sample", "--checkpoint", str(class_ckpt), "--out", str(tmp_path / "g.png"), *args])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_checkpoint_round_trip_and_errors(class_ckpt, tmp_path):
+    ck = load_checkpoint(class_ckpt)
+    ref = create_model("tiny", token_dim=V.token_dim, vocab_size=0, num_classes=3)
+    assert ck.visual == V and ck.model.cfg == ref.cfg
+    (class_ckpt / "model.safetensors").write_bytes((class_ckpt / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_checkpoint(class_ckpt, use_ema=False)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope")
+
+
+def test_save_is_atomic_when_a_write_fails(tmp_path, monkeypatch):
+    m = create_model("tiny", token_dim=V.token_dim, vocab_size=0, num_classes=3)
+    first = save_checkpoint(tmp_path / "ck", m, visual=V, meta={"step": 1})
+    import unimodal.checkpoint as ckmod
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckmod.yaml, "safe_dump", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / "ck", m, visual=V, meta={"step": 2})
+    assert load_checkpoint(first).meta["step"] == 1  # the old checkpoint is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary directory left behind

@@ -1,0 +1,125 @@
+"""`unimodal sample`: images from a checkpoint, by class label or text prompt, as a PNG grid."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, individual: bool = False) -> list[Path]:
+    """Write (N, C, H, W) images in [-1, 1] as one PNG grid (and each image when `individual`).
+
+    Returns:
+        the paths written (grid first).
+    """
+    from PIL import Image as PILImage
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (N, C, H, W)
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    N, C, H, W = x.shape
+    nrow = nrow or math.ceil(math.sqrt(N))
+    rows, pad = math.ceil(N / nrow), 2
+    canvas = torch.full((3, rows * (H + pad) + pad, nrow * (W + pad) + pad), 255, dtype=torch.uint8)
+    for i in range(N):
+        r, c = divmod(i, nrow)
+        canvas[:, pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = x[i, :3]
+    PILImage.fromarray(canvas.permute(1, 2, 0).numpy()).save(path)
+    written = [path]
+    if individual:
+        for i in range(N):
+            p = path.with_name(f"{path.stem}_{i:03d}.png")
+            PILImage.fromarray(x[i, :3].permute(1, 2, 0).numpy()).save(p)
+            written.append(p)
+    return written
+
+
+def _parse_labels(text: str, num: int, num_classes: int) -> list[int]:
+    try:
+        labels = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--class-label {text!r} is invalid: give an integer or a comma-separated list") from None
+    for lab in labels:
+        if not 0 <= lab < num_classes:
+            raise ValueError(f"--class-label {lab} is out of range: this checkpoint has classes 0..{num_classes - 1}")
+    if len(labels) == 1:
+        labels = labels * num
+    return labels
+
+
+def run_sample(args: argparse.Namespace) -> list[Path]:
+    """Load the checkpoint, generate, decode (VAE if configured) and write the grid."""
+    from .checkpoint import load_checkpoint
+    from .config import VisualConfig
+    from .generate import VisualSampling
+
+    if args.num < 1:
+        raise ValueError(f"--num {args.num} is invalid: must be >= 1")
+    if (args.class_label is None) == (args.prompt is None):
+        raise ValueError("give exactly one of --class-label N or --prompt TEXT")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = load_checkpoint(args.checkpoint, use_ema=not args.no_ema, device=device)
+    model, cfg = ckpt.model, ckpt.model.cfg
+    visual = ckpt.visual
+    if visual is None:
+        raise ValueError(f"checkpoint {args.checkpoint!r} has no visual config: it cannot generate images")
+    if args.vae:
+        visual = VisualConfig.from_dict({**visual.__dict__, "vae_dir": args.vae})
+    sampling = VisualSampling(args.sampler, args.steps, args.cfg)
+    from unimodal.tasks import ClassToImage, TextToImage, tokens_to_images  # formats live in the task heads
+
+    if args.class_label is not None:
+        if cfg.num_classes == 0:
+            raise ValueError(f"checkpoint {args.checkpoint!r} is not class-conditional (num_classes=0): use --prompt")
+        labels = _parse_labels(args.class_label, args.num, cfg.num_classes)
+        tokens = ClassToImage(visual, None).generate_tokens(model, labels, sampling, seed=args.seed)
+    else:
+        if ckpt.tokenizer_dir is None or cfg.vocab_size == 0:
+            raise ValueError(f"checkpoint {args.checkpoint!r} has no text tokenizer/vocabulary: use --class-label")
+        if not args.prompt.strip():
+            raise ValueError("--prompt is empty")
+        from .tokenizers import TextTokenizer
+
+        tok = TextTokenizer.load(ckpt.tokenizer_dir)
+        if tok.vocab_size != cfg.vocab_size:
+            raise ValueError(f"tokenizer vocabulary {tok.vocab_size} does not match the model's {cfg.vocab_size}")
+        tokens = TextToImage(visual, tok).generate_tokens(model, [args.prompt] * args.num, sampling, seed=args.seed)
+    if visual.vae_dir is None:
+        images = tokens_to_images(tokens, visual)
+    else:  # latent tokens: unpatchify to the latent grid, then decode with the local VAE
+        from .tokenizers.visual import VAETokenizer, unpatchify
+
+        vae = VAETokenizer.from_pretrained(visual.vae_dir, device=device)
+        side = visual.grid * visual.patch_size
+        latents = unpatchify(tokens.float(), side, side, visual.patch_size, visual.channels)
+        images = vae.decode(latents.to(device)).clamp(-1, 1)
+    return save_image_grid(images, args.out, individual=not args.grid_only)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="generate images from a checkpoint (class label or text prompt)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    p.add_argument("--class-label", default=None, help="class index, or a comma-separated list (one per image)")
+    p.add_argument("--prompt", default=None, help="text prompt (text→image checkpoints)")
+    p.add_argument("--num", type=int, default=8, help="number of images (default 8)")
+    p.add_argument("--sampler", default="dpm++", help="ddpm | ddim | dpm++ | euler (default dpm++, the paper's)")
+    p.add_argument("--steps", type=int, default=25, help="sampler steps per block (default 25)")
+    p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance scale (default 1.5; 1 = off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="samples/grid.png", help="grid PNG path; individual images go next to it")
+    p.add_argument("--grid-only", action="store_true", help="do not write the individual images")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--vae", default=None, help="local AutoencoderKL directory for latent checkpoints")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+
+    def run(args: argparse.Namespace) -> int:
+        paths = run_sample(args)
+        print(f"wrote {paths[0]}" + (f" and {len(paths) - 1} images" if len(paths) > 1 else ""))
+        return 0
+
+    p.set_defaults(func=run)
