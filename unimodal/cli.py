@@ -95,7 +95,16 @@ def _register_sample(sub: argparse._SubParsersAction) -> None:
     register(sub)
 
 
-_REGISTRARS: list = [_register_sample]
+def _register_data(sub: argparse._SubParsersAction) -> None:
+    from .data_cli import register
+
+    register(sub)
+
+
+_REGISTRARS: list = [_register_sample, _register_data]
+_REGISTRARS.append(lambda sub: __import__("unimodal.convert.cli", fromlist=["register"]).register(sub))
+_REGISTRARS.append(lambda sub: __import__("unimodal.eval.cli", fromlist=["register"]).register(sub))
+_REGISTRARS.append(lambda sub: __import__("unimodal.train.cli", fromlist=["register"]).register(sub))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"unimodal {args.command}: error: {e}", file=sys.stderr)
+    except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str() adds quotes
+        print(f"unimodal {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 
