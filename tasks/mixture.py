@@ -14,7 +14,7 @@ import numpy as np
 from unimodal.batch import SequenceBatch, collate
 from unimodal.config import VisualConfig
 
-from .base import ImageBank, Task, build_image_bank, get_task_class
+from .base import ImageBank, RecordError, Task, build_image_bank, get_task_class
 
 
 @dataclass
@@ -45,12 +45,33 @@ class TaskSpec:
 
 
 class TaskMixture:
-    """Draws each example's task by weight and its record uniformly among those the task accepts."""
+    """Draws each example's task by weight and its record uniformly among those the task accepts.
 
-    def __init__(self, entries: list[tuple[Task, float, ImageBank]], token_dim: int, seed: int = 0):
+    Args:
+        entries: (task, weight, image bank) triples.
+        token_dim: visual token width.
+        seed: with (step, rank), determines every batch.
+        skip_bad_records: a record a task cannot use is skipped (and counted in
+            `bad_records`) instead of raising its RecordError.
+        pack_tokens: pack examples first-fit into rows of this many tokens (documents
+            kept apart by `doc` ids); None: one example per row, padded to the longest.
+    """
+
+    def __init__(
+        self,
+        entries: list[tuple[Task, float, ImageBank]],
+        token_dim: int,
+        seed: int = 0,
+        skip_bad_records: bool = False,
+        pack_tokens: int | None = None,
+    ):
         if not entries:
             raise ValueError("a task mixture needs at least one task")
+        if pack_tokens is not None and pack_tokens <= 0:
+            raise ValueError(f"pack_tokens={pack_tokens} is invalid: must be a positive token count or None")
         self.entries, self.token_dim, self.seed = entries, token_dim, seed
+        self.skip_bad_records, self.pack_tokens = skip_bad_records, pack_tokens
+        self.bad_records: set[tuple[str, int]] = set()
         w = np.array([e[1] for e in entries], dtype=np.float64)
         self.probs = w / w.sum()
         self.indices = []
@@ -66,16 +87,42 @@ class TaskMixture:
 
     def examples(self, step: int, rank: int, batch_size: int) -> list:
         rng = np.random.default_rng([self.seed, step, rank])
-        out = []
-        for _ in range(batch_size):
+        out: list = []
+        attempts = 0
+        while len(out) < batch_size:
+            attempts += 1
+            if attempts > 100 * batch_size:
+                raise RecordError(f"gave up after {attempts} draws: {len(self.bad_records)} bad records skipped")
             k = int(rng.choice(len(self.entries), p=self.probs))
             task, _, bank = self.entries[k]
-            out.append(task.example(bank, int(rng.choice(self.indices[k])), rng))
+            index = int(rng.choice(self.indices[k]))
+            try:
+                out.append(task.example(bank, index, rng))
+            except RecordError:
+                if not self.skip_bad_records:
+                    raise
+                self.bad_records.add((bank.name, index))
         return out
 
     def batch(self, step: int, rank: int, world_size: int, batch_size: int) -> SequenceBatch:
         """The batch of one rank at one step (rank's own random stream; world_size kept for the protocol)."""
-        return collate(self.examples(step, rank, batch_size), self.token_dim)
+        examples = self.examples(step, rank, batch_size)
+        if self.pack_tokens is None:
+            return collate(examples, self.token_dim)
+        rows: list[list] = []
+        free: list[int] = []
+        for i, ex in enumerate(examples):  # first fit
+            n = len(ex.layout)
+            if n > self.pack_tokens:
+                raise ValueError(f"example {i} ({ex.layout}) has {n} tokens, more than pack_tokens={self.pack_tokens}")
+            r = next((j for j, f in enumerate(free) if f >= n), None)
+            if r is None:
+                rows.append([ex])
+                free.append(self.pack_tokens - n)
+            else:
+                rows[r].append(ex)
+                free[r] -= n
+        return collate(rows, self.token_dim, seq_len=self.pack_tokens)
 
 
 def load_bank(dataset: str, split: str, visual: VisualConfig, options: dict[str, Any] | None = None) -> ImageBank:
@@ -108,4 +155,7 @@ def build_batch_source(train_cfg: Any, model_cfg: Any, visual_cfg: VisualConfig,
             f"visual config gives token_dim {visual_cfg.token_dim} (channels*patch²) but the model has "
             f"token_dim {model_cfg.token_dim}"
         )
-    return build_mixture(list(train_cfg.tasks), visual_cfg, tokenizer, seed=int(train_cfg.seed))
+    mix = build_mixture(list(train_cfg.tasks), visual_cfg, tokenizer, seed=int(train_cfg.seed))
+    mix.skip_bad_records = bool(getattr(train_cfg, "skip_bad_records", False))
+    mix.pack_tokens = getattr(train_cfg, "pack_tokens", None)
+    return mix

@@ -128,3 +128,42 @@ def test_mixture_is_deterministic_per_step_and_rank_and_trains(tok, monkeypatch,
         hist.append((p["text"].item(), p["diffusion"].item()))
     first, last = np.mean(hist[:5], axis=0), np.mean(hist[-5:], axis=0)
     assert last[0] < 0.5 * first[0] and last[1] < first[1], (first, last)
+
+
+def test_packing_to_a_token_budget_keeps_documents_apart(tok, monkeypatch, bank):
+    import unimodal.tasks.mixture as mixture
+
+    monkeypatch.setattr(mixture, "load_bank", lambda *a, **k: bank)
+    mix = build_mixture([{"name": "vqa", "dataset": "easyvqa"}, {"name": "captioning", "dataset": "easyvqa"}], V, tok)
+    plain = mix.batch(0, 0, 1, 12)
+    mix.pack_tokens = 96
+    packed = mix.batch(0, 0, 1, 12)
+    assert packed.shape[1] == 96 and packed.shape[0] < 12  # several documents per row
+    assert (packed.text_target != IGNORE).sum() == (plain.text_target != IGNORE).sum()  # same examples, same targets
+    docs = [set(r.tolist()) - {-1} for r in packed.doc]
+    assert sum(len(d) for d in docs) == 12
+    # each packed document gives the same outputs as its unpacked row
+    torch.manual_seed(0)
+    m = create_model("tiny", token_dim=V.token_dim, vocab_size=tok.vocab_size).eval()
+    with torch.no_grad():
+        lp, lq = m(packed).text_logits, m(plain).text_logits
+    sel_p = packed.text_target != IGNORE
+    sel_q = plain.text_target != IGNORE
+    got = sorted(lp[sel_p].sum(-1).tolist())
+    want = sorted(lq[sel_q].sum(-1).tolist())
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_bad_records_are_skipped_and_counted_when_asked(tok):
+    good = ImageBank(torch.zeros(3, 16, V.token_dim), {"label": [1, -5, 2]}, "fake")
+    from unimodal.tasks import TaskMixture
+
+    task = get_task_class("class_to_image")(V, None, drop_prob=0.0)
+    mix = TaskMixture([(task, 1.0, good)], V.token_dim, skip_bad_records=True)
+    b = mix.batch(0, 0, 1, 20)
+    assert b.shape[0] == 20 and set(b.y[:, 0].tolist()) <= {1, 2}
+    assert mix.bad_records == {("fake", 1)}
+    strict = TaskMixture([(task, 1.0, good)], V.token_dim)
+    with pytest.raises(RecordError, match="fake record 1"):
+        for s in range(20):
+            strict.batch(s, 0, 1, 4)
