@@ -102,6 +102,7 @@ def _register_data(sub: argparse._SubParsersAction) -> None:
 
 
 _REGISTRARS: list = [_register_sample, _register_data]
+_REGISTRARS.append(lambda sub: __import__("unimodal.train.cli", fromlist=["register"]).register(sub))
 
 
 def main(argv: list[str] | None = None) -> int:

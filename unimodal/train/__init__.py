@@ -1,0 +1,19 @@
+"""Training: `TrainConfig`, the DeepSpeed loop `train`, EMA and learning-rate schedules.
+
+DeepSpeed is imported lazily, on the first `train` call, and only from this package.
+"""
+
+from .config import TrainConfig
+from .ema import EMA
+from .schedules import cosine_lr, lr_at, wsd_lr
+
+
+def __getattr__(name: str):  # the loop pulls in the model and DeepSpeed helpers: import it on first use
+    if name in ("train", "TrainResult", "TrainingDiverged", "BatchSource"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["EMA", "BatchSource", "TrainConfig", "TrainResult", "TrainingDiverged", "cosine_lr", "lr_at", "train", "wsd_lr"]

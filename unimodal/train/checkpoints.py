@@ -1,0 +1,167 @@
+"""Training checkpoints: where they live, how one is written atomically by many ranks, which to resume, pruning.
+
+    out_dir/checkpoints/step_0001000/
+        model.safetensors, ema.safetensors, config.yaml, meta.json, tokenizer/   (unimodal.checkpoint format)
+        deepspeed/state/...   DeepSpeed's own files: optimizer moments, fp32 master weights, client state
+
+Writing: every rank saves its DeepSpeed shard into a hidden staging directory;
+rank 0 then writes the weights (itself atomically), moves the DeepSpeed files
+in and renames the whole into place. A `step_*` directory therefore exists
+only complete; a crash leaves at most hidden `.step_*-partial` directories,
+which the next run removes. (Several nodes need a shared filesystem, as
+DeepSpeed's own checkpoints do.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from unimodal.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, CheckpointError
+
+from .distributed import DistInfo, any_rank, barrier
+from .engine import DS_TAG
+
+DS_DIR = "deepspeed"
+_STEP_RE = re.compile(r"^step_(\d{7,})$")
+_PARTIAL_RE = re.compile(r"^\.+step_\d{7,}\..*partial")  # staging dirs and atomic_directory's temporaries of them
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    return root / f"step_{step:07d}"
+
+
+def is_complete(path: Path) -> bool:
+    """A checkpoint the trainer can resume from: weights, config, meta and DeepSpeed state all present."""
+    return all((path / f).is_file() for f in (MODEL_FILE, CONFIG_FILE, META_FILE)) and (path / DS_DIR / DS_TAG).is_dir()
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under `root`, oldest first, as (step, path)."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and is_complete(p)]
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    ckpts = list_checkpoints(root)
+    return ckpts[-1][1] if ckpts else None
+
+
+def resolve_resume(resume: str | Path | None, root: Path) -> Path | None:
+    """`None` → fresh start; "auto" → the newest complete checkpoint under `root` (or a fresh start); else that dir."""
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        return latest_checkpoint(root)
+    path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"resume checkpoint {str(path)!r} does not exist")
+    if not is_complete(path):
+        raise CheckpointError(
+            f"resume checkpoint {str(path)!r} is incomplete: needs {MODEL_FILE}, {CONFIG_FILE}, {META_FILE} and "
+            f"{DS_DIR}/{DS_TAG}/ (a weights-only checkpoint cannot resume training exactly)"
+        )
+    return path
+
+
+def remove_partials(root: Path) -> None:
+    """Delete hidden staging directories that an interrupted save left behind (rank 0, before training)."""
+    if root.is_dir():
+        for p in root.iterdir():
+            if _PARTIAL_RE.match(p.name):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def prune(root: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints (0 keeps all); returns the deleted ones."""
+    if keep_last <= 0:
+        return []
+    old = [p for _, p in list_checkpoints(root)[:-keep_last]]
+    for p in old:
+        trash = p.with_name(f".{p.name}.deleting-partial")
+        os.replace(p, trash)  # out of sight at once; removal may take long
+        shutil.rmtree(trash, ignore_errors=True)
+    return old
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in path.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(
+    engine: Any,
+    root: Path,
+    step: int,
+    dist_info: DistInfo,
+    client_state: dict[str, Any],
+    write_weights: Callable[[Path], Path],
+) -> Path:
+    """Write checkpoint `step` from every rank; returns its path. A collective: call it on all ranks.
+
+    Args:
+        engine: the DeepSpeed engine (its optimizer and client state go to deepspeed/).
+        root: the checkpoints directory.
+        client_state: small picklable state for DeepSpeed's file (the step, ...).
+        write_weights: on rank 0, writes a unimodal checkpoint to the given path (save_checkpoint).
+
+    Raises:
+        CheckpointError (on every rank) when any rank failed; no `step_*` directory is left behind.
+    """
+    target = checkpoint_dir(root, step)
+    stage = root / f".{target.name}.{DS_DIR}-partial"  # the same path on every rank
+    weights = root / f".{target.name}.weights-partial"
+    if dist_info.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+    barrier()
+    error: BaseException | None = None
+    try:
+        engine.save_checkpoint(str(stage), tag=DS_TAG, client_state=client_state, save_latest=False)
+    except Exception as e:  # noqa: BLE001 - reported to every rank below
+        error = e
+    failed = any_rank(error is not None, dist_info.device)
+    if dist_info.is_main and not failed:
+        try:
+            _fsync_tree(stage)
+            shutil.rmtree(weights, ignore_errors=True)
+            write_weights(weights)  # atomic on its own: `weights` appears complete or not at all
+            os.replace(stage, weights / DS_DIR)
+            old = None
+            if target.exists():  # a rerun in the same out_dir
+                old = target.with_name(f".{target.name}.old-{time.time_ns()}-partial")
+                os.replace(target, old)
+            os.replace(weights, target)
+            _fsync_dir(root)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt too: clean up, then re-raise
+            error = e
+    failed = any_rank(error is not None, dist_info.device)
+    if dist_info.is_main:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(weights, ignore_errors=True)
+    if error is not None:
+        if isinstance(error, CheckpointError) or not isinstance(error, Exception):
+            raise error
+        raise CheckpointError(f"writing checkpoint {str(target)!r} failed: {type(error).__name__}: {error}") from error
+    if failed:
+        raise CheckpointError(f"writing checkpoint {str(target)!r} failed on another rank (see its log)")
+    return target

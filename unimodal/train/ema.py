@@ -1,0 +1,105 @@
+"""Exponential moving average of a model's parameters, kept in fp32.
+
+    shadow ← decay · shadow + (1 − decay) · param          (after every optimizer step)
+
+Works under every ZeRO stage: with ZeRO-3 each parameter is partitioned, so
+`update` gathers the parameters in chunks (`deepspeed.zero.GatheredParameters`)
+on every rank, and only the ranks that `store` the average keep a copy. The
+trainer stores it on rank 0 only: one fp32 copy of the model, not one per rank.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+GATHER_CHUNK = 50_000_000  # ZeRO-3: gather at most this many elements at a time (200 MB in fp32)
+
+
+def is_zero3_param(p: torch.nn.Parameter) -> bool:
+    return hasattr(p, "ds_id")  # DeepSpeed marks ZeRO-3 partitioned parameters with ds_* attributes
+
+
+@contextmanager
+def gathered(params: list[torch.nn.Parameter], modifier_rank: int | None = None) -> Iterator[None]:
+    """Full values of `params` inside the block (a no-op unless they are ZeRO-3 partitioned)."""
+    if params and any(is_zero3_param(p) for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
+            yield
+    else:
+        yield
+
+
+def param_chunks(named: list[tuple[str, torch.nn.Parameter]], limit: int = GATHER_CHUNK) -> Iterator[list[tuple[str, torch.nn.Parameter]]]:
+    """Split parameters into consecutive groups of at most `limit` elements (ZeRO-3 uses ds_numel)."""
+    chunk: list[tuple[str, torch.nn.Parameter]] = []
+    size = 0
+    for name, p in named:
+        n = int(getattr(p, "ds_numel", p.numel()))
+        if chunk and size + n > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((name, p))
+        size += n
+    if chunk:
+        yield chunk
+
+
+class EMA:
+    """fp32 moving average of the parameters of `model` (named as in `model.named_parameters()`).
+
+    Args:
+        model: the module whose parameters are averaged (plain or ZeRO-3 partitioned).
+        decay: the EMA decay in [0, 1).
+        store: keep the average on this rank; False on ranks that only take part in ZeRO-3 gathers.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, store: bool = True) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay={decay} is invalid: must be in [0, 1)")
+        self.decay = decay
+        self.store = store
+        self.shadow: dict[str, torch.Tensor] = {}
+        for chunk in param_chunks(list(model.named_parameters())):
+            with gathered([p for _, p in chunk]):
+                if store:
+                    for name, p in chunk:
+                        self.shadow[name] = p.detach().float().clone()  # on the parameter's device
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """shadow ← decay·shadow + (1 − decay)·param. A collective under ZeRO-3: call it on every rank."""
+        for chunk in param_chunks(list(model.named_parameters())):
+            with gathered([p for _, p in chunk]):
+                if self.store:
+                    for name, p in chunk:
+                        self.shadow[name].lerp_(p.detach().float(), 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged parameters by name (fp32, on CPU); empty on ranks that do not store."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.shadow.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Replace the average (e.g. on resume); names and shapes must match."""
+        if not self.store:
+            return
+        missing, unexpected = sorted(set(self.shadow) - set(state)), sorted(set(state) - set(self.shadow))
+        if missing or unexpected:
+            raise KeyError(f"EMA state does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for k, v in state.items():
+            if v.shape != self.shadow[k].shape:
+                raise ValueError(f"EMA state {k}: shape {tuple(v.shape)} vs model {tuple(self.shadow[k].shape)}")
+            self.shadow[k].copy_(v)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Write the average into `model`'s parameters. Under ZeRO-3 the storing rank must be rank 0."""
+        for chunk in param_chunks(list(model.named_parameters())):
+            with gathered([p for _, p in chunk], modifier_rank=0):
+                if self.store:
+                    for name, p in chunk:
+                        p.copy_(self.shadow[name].to(p.device, p.dtype))

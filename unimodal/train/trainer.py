@@ -1,0 +1,366 @@
+"""`train(cfg)`: the training loop, on DeepSpeed for every world size.
+
+One optimizer step ``s`` (0-based) is ``grad_accum`` micro-steps on each of the
+``world`` ranks. Micro-step ``m`` of rank ``r`` reads the batch of *virtual rank*
+``m·world + r`` out of ``grad_accum·world``::
+
+    batch = source.batch(s, m * world + r, grad_accum * world, batch_size)
+
+and example ``i`` of that batch draws its timesteps and noise from a generator
+seeded by (seed, s, virtual_rank·batch_size + i). So the data and the noise of a
+step are a function of (seed, step) and the global batch alone: a run resumes
+exactly with no data-loader or RNG state, and 1 process × batch 2b, 1 process ×
+batch b × 2 accumulation steps and 2 processes × batch b see the same examples
+with the same noise (with equal-length examples their losses agree to float error).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from unimodal.batch import SequenceBatch
+from unimodal.checkpoint import EMA_FILE, CheckpointError, load_state_into, read_weights, save_checkpoint
+from unimodal.config import ConfigError, ModelConfig
+from unimodal.diffusion.loss import compute_loss
+from unimodal.diffusion.schedule import NoiseSchedule
+from unimodal.layout import PAD_DOC
+from unimodal.model import ACDiT
+
+from . import checkpoints as ckpt
+from .config import TrainConfig
+from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, broadcast_object, init_distributed
+from .ema import EMA, gathered, param_chunks
+from .engine import create_engine, load_engine_state, set_lr
+from .metrics import LOSS_PARTS, MetricsLog
+from .schedules import lr_at
+
+
+class BatchSource(Protocol):
+    """The data side: a pure function of (seed, step, rank), so resuming needs no loader state."""
+
+    def batch(self, step: int, rank: int, world_size: int, batch_size: int) -> SequenceBatch: ...
+
+
+SampleHook = Callable[[int, torch.nn.Module], None]  # (step, fp32 eval-mode model with the EMA weights)
+StepHook = Callable[[int, torch.nn.Module, dict[str, float]], None]  # (step, engine.module, record), every rank
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or the weights) became NaN/inf; the message names the step and the part."""
+
+
+@dataclass
+class TrainResult:
+    """What a run did.
+
+    Attributes:
+        step: optimizer steps done in total (including those before a resume).
+        out_dir: the run directory.
+        checkpoint: the newest complete checkpoint (None if none was written or resumed).
+        history: one record per step this call ran: step, lr, loss parts, tokens, grad_norm (every rank).
+    """
+
+    step: int
+    out_dir: Path
+    checkpoint: Path | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# --- per-example noise -----------------------------------------------------------------------------
+def example_seed(seed: int, step: int, index: int, stream: int) -> int:
+    """A 64-bit seed for one example's `stream` (0: timesteps, 1: noise) at one step."""
+    return int(np.random.SeedSequence([seed, step, index, stream]).generate_state(1, np.uint64)[0])
+
+
+def example_noise(
+    batch: SequenceBatch, schedule: NoiseSchedule, seed: int, step: int, first_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps (B, NB) and noise (B, L, C) of each row from its own generators (row i is example first_index + i)."""
+    B, L = batch.shape
+    NB, C = batch.t.shape[1], batch.visual.shape[-1]
+    t = torch.empty(B, NB, dtype=torch.long)
+    noise = torch.empty(B, L, C)
+    for i in range(B):
+        g_t = torch.Generator().manual_seed(example_seed(seed, step, first_index + i, 0))
+        g_n = torch.Generator().manual_seed(example_seed(seed, step, first_index + i, 1))
+        t[i] = schedule.sample_timesteps((NB,), generator=g_t)
+        noise[i] = torch.randn(L, C, generator=g_n)
+    return t.to(batch.t.device), noise.to(batch.visual.device, batch.visual.dtype)
+
+
+# --- data and tokenizer ------------------------------------------------------------------------------
+def build_tokenizer(cfg: TrainConfig) -> Any:
+    """The text tokenizer: `tokenizer.path` (a saved TextTokenizer), else the data side's `build_tokenizer`, else None."""
+    path = cfg.tokenizer.get("path")
+    if path:
+        from unimodal.tokenizers.text import TextTokenizer
+
+        return TextTokenizer.load(path)
+    try:
+        from unimodal.tasks import build_tokenizer as data_tokenizer  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return data_tokenizer(cfg)
+
+
+def build_source(cfg: TrainConfig, model_cfg: ModelConfig, tokenizer: Any) -> BatchSource:
+    if not cfg.tasks:
+        raise ConfigError("TrainConfig.tasks is empty: list at least one task ({name, dataset, weight})")
+    try:
+        from unimodal.tasks import build_batch_source
+    except ImportError as e:
+        raise ConfigError(f"no batch source given and unimodal.tasks cannot build one: {e}") from None
+    return build_batch_source(cfg, model_cfg, cfg.visual_config(), tokenizer)
+
+
+# --- weights -----------------------------------------------------------------------------------------
+class _Weights:
+    """What save_checkpoint needs of a model (its config and state dict) without building one."""
+
+    def __init__(self, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> None:
+        self.cfg, self._state = cfg, state
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._state
+
+
+def full_state(module: torch.nn.Module, keep: bool) -> dict[str, torch.Tensor]:
+    """fp32 CPU copy of every parameter and buffer; a collective under ZeRO-3 (gathered in chunks)."""
+    state: dict[str, torch.Tensor] = {}
+    for chunk in param_chunks(list(module.named_parameters())):
+        with gathered([p for _, p in chunk]):
+            if keep:
+                state.update({n: p.detach().float().cpu().clone() for n, p in chunk})
+    if keep:
+        state.update({n: b.detach().cpu().clone() for n, b in module.named_buffers()})
+    return state
+
+
+def params_finite(module: torch.nn.Module, device: torch.device) -> bool:
+    """All weights finite on every rank (ZeRO-3: each rank checks its own partition)."""
+    bad = False
+    with torch.no_grad():
+        for p in module.parameters():
+            local = getattr(p, "ds_tensor", p)
+            if local.numel() and not bool(torch.isfinite(local).all()):
+                bad = True
+                break
+    return not any_rank(bad, device)
+
+
+# --- the loop ---------------------------------------------------------------------------------------------
+def train(
+    cfg: TrainConfig,
+    batch_source: BatchSource | None = None,
+    resume: str | Path | None = None,
+    sample_hook: SampleHook | None = None,
+    step_hook: StepHook | None = None,
+) -> TrainResult:
+    """Train `cfg` on DeepSpeed; single process by default, N processes under torchrun/deepspeed.
+
+    Args:
+        cfg: the run.
+        batch_source: the data (default: `unimodal.tasks.build_batch_source(cfg, ...)`); every rank builds its own.
+        resume: None (fresh start), "auto" (newest complete checkpoint under out_dir/checkpoints, else fresh)
+            or a checkpoint directory.
+        sample_hook: called on rank 0 every `sample_every` steps with a fresh fp32 eval-mode model holding
+            the EMA weights (the live weights when the EMA is off).
+        step_hook: called on every rank after every optimizer step with (step, engine.module, record).
+
+    Returns:
+        TrainResult with the newest checkpoint and the per-step history.
+
+    Raises:
+        TrainingDiverged: a loss part or the weights became NaN/inf (nothing is saved from that state).
+        ConfigError, CheckpointError: bad configuration or resume checkpoint.
+    """
+    info = init_distributed()
+    out = Path(cfg.out_dir)
+    root = out / "checkpoints"
+    tokenizer = build_tokenizer(cfg)
+    model_cfg = cfg.model_config(tokenizer.vocab_size if tokenizer is not None else None)
+    visual = cfg.visual_config()
+    schedule = NoiseSchedule(cfg.schedule_config())
+    weights = cfg.loss_weights()
+    source = batch_source if batch_source is not None else build_source(cfg, model_cfg, tokenizer)
+
+    resume_dir = broadcast_object(ckpt.resolve_resume(resume, root) if info.is_main else None)
+    if info.is_main:
+        ckpt.remove_partials(root)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.to_yaml(out / "config.yaml")
+    tokenizer_dir = _tokenizer_dir(cfg, tokenizer, out, info)
+    barrier()
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    engine, optimizer = create_engine(ACDiT(model_cfg), cfg)
+    log: MetricsLog | None = None
+    try:
+        ema = EMA(engine.module, cfg.ema_decay, store=info.is_main) if cfg.ema_decay > 0 else None
+        start = _resume(engine, ema, resume_dir, info)
+        log = MetricsLog(out, cfg.steps, start, cfg.log_every, cfg.progress, cfg.tensorboard, enabled=info.is_main)
+        if resume_dir is not None:
+            log.message(f"resumed from {resume_dir} at step {start}")
+        last_ckpt = resume_dir
+        history: list[dict[str, float]] = []
+
+        def save(step: int) -> Path:
+            if not params_finite(engine.module, info.device):
+                raise TrainingDiverged(
+                    f"weights became NaN/inf by step {step}; not saving. Last good checkpoint: {last_ckpt or 'none'}"
+                )
+            state = full_state(engine.module, keep=info.is_main)
+
+            def write_weights(path: Path) -> Path:
+                return save_checkpoint(
+                    path, _Weights(model_cfg, state), ema=ema.state_dict() if ema is not None else None,
+                    visual=visual, schedule=schedule.config, tokenizer_dir=tokenizer_dir,
+                    extra={"train": cfg.to_dict(), "tasks": cfg.tasks}, meta={"step": step, "world_size": info.world_size},
+                )
+
+            path = ckpt.write_checkpoint(engine, root, step, info, {"step": step}, write_weights)
+            if info.is_main:
+                for p in ckpt.prune(root, cfg.keep_last):
+                    log.message(f"removed old checkpoint {p.name}")
+            barrier()
+            return path
+
+        engine.train()
+        world, gas, B = info.world_size, cfg.grad_accum, cfg.batch_size
+        own_grad_norm = cfg.resolved_zero_stage == 0 and cfg.precision == "fp32"  # DeepSpeed reports none there
+        grad_norm = None
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            lr = lr_at(cfg.schedule, step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.decay_frac, cfg.min_lr_ratio)
+            set_lr(optimizer, lr)
+            totals = torch.zeros(_STATS, dtype=torch.float64)
+            for micro in range(gas):
+                vrank = micro * world + info.rank  # this micro-batch's slice of the global batch
+                batch = source.batch(step, vrank, world * gas, B).to(info.device)
+                t, noise = example_noise(batch, schedule, cfg.seed, step, vrank * batch.shape[0])
+                parts = compute_loss(engine, batch, schedule, weights, t=t, noise=noise)
+                stats = _global_stats(parts, batch, info.device)  # a collective: every rank learns of a NaN anywhere
+                bad = [f"{k} is NaN/inf on {int(stats[3 * j + 2])} rank(s)" for j, k in enumerate(LOSS_PARTS) if stats[3 * j + 2]]
+                if bad:
+                    raise TrainingDiverged(
+                        f"non-finite loss at step {step + 1} (batch source step {step}, micro-step {micro}): "
+                        f"{', '.join(bad)}; stopped without saving. Last good checkpoint: {last_ckpt or 'none'}"
+                    )
+                totals += stats
+                engine.backward(parts["loss"])
+                if micro == gas - 1 and own_grad_norm:
+                    grad_norm = _grad_norm(engine.module)  # all-reduced, not yet clipped or cleared
+                engine.step()
+            done = step + 1
+            if ema is not None:
+                ema.update(engine.module)
+            if not own_grad_norm:
+                grad_norm = engine.get_global_grad_norm()
+            record = _record(done, lr, totals, grad_norm, time.perf_counter() - t0)
+            history.append(record)
+            if step_hook is not None:
+                step_hook(done, engine.module, record)
+            log.step(record)
+            if cfg.sample_every and done % cfg.sample_every == 0:
+                _run_sample_hook(sample_hook, done, engine.module, ema, model_cfg, info)
+            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                last_ckpt = save(done)
+                log.message(f"saved {last_ckpt}")
+    finally:
+        if log is not None:
+            log.close()
+        _destroy(engine)
+    return TrainResult(step=max(start, cfg.steps), out_dir=out, checkpoint=last_ckpt, history=history)
+
+
+_STATS = 3 * len(LOSS_PARTS) + 1  # per loss part: sum of values, ranks reporting it, ranks where it is NaN/inf; tokens
+
+
+def _global_stats(parts: dict[str, torch.Tensor], batch: SequenceBatch, device: torch.device) -> torch.Tensor:
+    """Loss parts and non-padding tokens of one micro-batch, summed over ranks (float64, on CPU)."""
+    local = torch.zeros(_STATS, dtype=torch.float64)
+    for j, k in enumerate(LOSS_PARTS):
+        if k in parts:
+            v = float(parts[k].detach())
+            finite = math.isfinite(v)
+            local[3 * j : 3 * j + 3] = torch.tensor([v if finite else 0.0, 1.0, 0.0 if finite else 1.0])
+    local[-1] = float((batch.doc != PAD_DOC).sum())
+    return all_reduce_sum(local.to(device)).cpu()
+
+
+def _record(step: int, lr: float, totals: torch.Tensor, grad_norm: Any, seconds: float) -> dict[str, float]:
+    """One history entry: mean loss parts over ranks and micro-steps, tokens, grad norm, tokens/s."""
+    record: dict[str, float] = {"step": step, "lr": lr, "tokens": float(totals[-1])}
+    for j, k in enumerate(LOSS_PARTS):
+        if totals[3 * j + 1] > 0:
+            record[k] = float(totals[3 * j] / totals[3 * j + 1])
+    if grad_norm is not None:
+        record["grad_norm"] = float(grad_norm)
+    record["tokens_per_s"] = record["tokens"] / max(seconds, 1e-9)
+    return record
+
+
+def _grad_norm(module: torch.nn.Module) -> float:
+    """Global L2 norm of the (already all-reduced) gradients of an unpartitioned model."""
+    grads = [p.grad.detach().float() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+
+
+def _resume(engine: Any, ema: EMA | None, resume_dir: Path | None, info: DistInfo) -> int:
+    """Restore engine (weights, optimizer) and EMA from `resume_dir`; returns the step to continue from."""
+    if resume_dir is None:
+        return 0
+    client = load_engine_state(engine, resume_dir)
+    start = client.get("step")
+    if not isinstance(start, int) or start < 0:
+        raise CheckpointError(f"{str(resume_dir)!r}: the DeepSpeed client state holds no step (got {start!r})")
+    if ema is not None and info.is_main:
+        ema_file = resume_dir / EMA_FILE
+        if not ema_file.is_file():
+            raise CheckpointError(f"cannot resume the EMA: {str(ema_file)!r} is missing (ema_decay > 0)")
+        ema.load_state_dict(read_weights(ema_file))
+    return start
+
+
+def _tokenizer_dir(cfg: TrainConfig, tokenizer: Any, out: Path, info: DistInfo) -> Path | None:
+    """Where the tokenizer is copied from into every checkpoint (saved into the run dir when it has no path)."""
+    if cfg.tokenizer.get("path"):
+        return Path(cfg.tokenizer["path"])
+    if tokenizer is None or not hasattr(tokenizer, "save"):
+        return None
+    path = out / "tokenizer"
+    if info.is_main:
+        tokenizer.save(path)
+    return path
+
+
+def _run_sample_hook(
+    hook: SampleHook | None, step: int, module: torch.nn.Module, ema: EMA | None, model_cfg: ModelConfig, info: DistInfo
+) -> None:
+    """Rank 0 calls `hook` with a fresh fp32 model holding the EMA (else the live) weights."""
+    if ema is None:
+        state = full_state(module, keep=info.is_main)  # a collective under ZeRO-3: every rank takes part
+    elif info.is_main:
+        state = ema.state_dict()
+    if not info.is_main or hook is None:
+        return
+    model = ACDiT(model_cfg)
+    load_state_into(model, state, f"weights at step {step}")
+    hook(step, model.to(info.device).eval())
+
+
+def _destroy(engine: Any) -> None:
+    """Release the engine's hooks and buffers (ZeRO-3 keeps hooks on the module otherwise)."""
+    destroy = getattr(engine, "destroy", None)
+    if destroy is not None:
+        try:
+            destroy()
+        except Exception:  # noqa: BLE001 - best effort at teardown; the run's own error matters more
+            pass
