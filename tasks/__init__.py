@@ -13,11 +13,11 @@ from .base import (
     tokens_to_images,
 )
 from .generation import ClassToImage, TextToImage
-from .mixture import TaskMixture, TaskSpec, build_batch_source, build_mixture, load_bank
+from .mixture import TaskMixture, TaskSpec, build_batch_source, build_mixture, build_tokenizer, load_bank
 from .understanding import VQA, Captioning
 
 __all__ = [
     "TASKS", "ImageBank", "RecordError", "Task", "build_image_bank", "get_task_class", "images_to_tokens",
     "list_tasks", "register_task", "tokens_to_images", "ClassToImage", "TextToImage", "Captioning", "VQA",
-    "TaskMixture", "TaskSpec", "build_batch_source", "build_mixture", "load_bank",
+    "TaskMixture", "TaskSpec", "build_batch_source", "build_mixture", "build_tokenizer", "load_bank",
 ]

@@ -159,3 +159,33 @@ def build_batch_source(train_cfg: Any, model_cfg: Any, visual_cfg: VisualConfig,
     mix.skip_bad_records = bool(getattr(train_cfg, "skip_bad_records", False))
     mix.pack_tokens = getattr(train_cfg, "pack_tokens", None)
     return mix
+
+
+def build_tokenizer(train_cfg: Any) -> Any:
+    """The trainer's text tokenizer when `tokenizer.path` is not given.
+
+    `tokenizer: {vocab_size: N, train_on: ["easyvqa:train", ...]}` trains a SentencePiece
+    BPE on the text columns of those datasets (default: the train split of every
+    dataset a text task reads). Training is deterministic, so every rank builds the
+    same tokenizer. Returns None when no task needs text.
+    """
+    from unimodal.data import load_dataset
+    from unimodal.data_cli import dataset_texts
+    from unimodal.tokenizers import TextTokenizer
+
+    specs = [s if isinstance(s, TaskSpec) else TaskSpec.from_dict(s) for s in train_cfg.tasks]
+    text_specs = [s for s in specs if get_task_class(s.name).needs_text]
+    if not text_specs:
+        return None
+    opts = dict(train_cfg.tokenizer)
+    sources = opts.pop("train_on", None) or sorted({f"{s.dataset}:train" for s in text_specs})
+    vocab = int(opts.pop("vocab_size", 512))
+    if opts:
+        from unimodal.config import ConfigError
+
+        raise ConfigError(f"unknown tokenizer option(s) {sorted(opts)}; valid: path, vocab_size, train_on")
+    texts: list[str] = []
+    for src in sources:
+        name, _, split = src.partition(":")
+        texts.extend(dataset_texts(load_dataset(name, split or "train")))
+    return TextTokenizer.train(texts, vocab_size=vocab)
