@@ -129,6 +129,10 @@ def load_bank(dataset: str, split: str, visual: VisualConfig, options: dict[str,
     from unimodal.data import load_dataset
 
     ds = load_dataset(dataset, split, **(options or {}))
+    if visual.frames > 1:
+        from .video import build_video_bank
+
+        return build_video_bank(ds, visual, name=f"{dataset}/{split}")
     return build_image_bank(ds, visual, name=f"{dataset}/{split}")
 
 

@@ -81,3 +81,22 @@ def test_save_is_atomic_when_a_write_fails(tmp_path, monkeypatch):
         save_checkpoint(tmp_path / "ck", m, visual=V, meta={"step": 2})
     assert load_checkpoint(first).meta["step"] == 1  # the old checkpoint is untouched
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary directory left behind
+
+
+def test_video_checkpoint_writes_frame_grid_and_clips(tmp_path):
+    vis = VisualConfig(channels=1, image_size=8, patch_size=4, block_h=2, block_w=2, frames=4, frames_per_block=2)
+    m = randomize_(create_model("tiny", token_dim=vis.token_dim, vocab_size=0, num_classes=3, rope_axes=(16, 24, 24)), std=0.02)
+    ck = save_checkpoint(tmp_path / "vid", m, visual=vis)
+    out = tmp_path / "frames.png"
+    assert main(["sample", "--checkpoint", str(ck), "--class-label", "0,2", "--num", "2", "--steps", "2",
+                 "--cfg", "2.5", "--out", str(out)]) == 0
+    assert PILImage.open(out).size == (2 + 4 * (8 + 2), 2 + 2 * (8 + 2))  # a row per video, a column per frame
+    clips = sorted(tmp_path.glob("frames_*"))
+    assert len(clips) == 2 and clips[0].suffix in (".gif", ".mp4")
+
+
+def test_latent_checkpoint_without_vae_is_refused(tmp_path, capsys):
+    m = create_model("tiny", token_dim=V.token_dim, vocab_size=0, num_classes=3)
+    ck = save_checkpoint(tmp_path / "lat", m, visual=V, extra={"requires_vae": True})
+    assert main(["sample", "--checkpoint", str(ck), "--class-label", "1", "--out", str(tmp_path / "g.png")]) == 2
+    assert "--vae" in capsys.readouterr().err

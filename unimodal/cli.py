@@ -101,7 +101,14 @@ def _register_data(sub: argparse._SubParsersAction) -> None:
     register(sub)
 
 
-_REGISTRARS: list = [_register_sample, _register_data]
+def _register_quickstart(sub: argparse._SubParsersAction) -> None:
+    from .quickstart import register
+
+    register(sub)
+
+
+_REGISTRARS: list = [_register_quickstart, _register_sample, _register_data]
+_REGISTRARS.append(lambda sub: __import__("unimodal.convert.cli", fromlist=["register"]).register(sub))
 _REGISTRARS.append(lambda sub: __import__("unimodal.train.cli", fromlist=["register"]).register(sub))
 
 

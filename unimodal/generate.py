@@ -7,6 +7,9 @@
   alone against the cache of the clean past; then append the finished block to the
   cache as clean tokens (one forward); then the next block.
 * Interleaved: text until `<boi>`, a whole image, `<eoi>`, text again.
+* Long video: `window` keeps the last blocks only, re-encoded at the positions of the
+  video's first blocks when the window slides, so positions stay in the trained range
+  and the cache stays bounded.
 * Guidance: class labels enter only through AdaLN, so both branches share one
   cache (queries stacked [cond; uncond] read it tiled); a text prompt is in the
   sequence, so its unconditional branch has a second context.
@@ -21,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from .batch import Example, SequenceBatch, collate
@@ -109,6 +113,17 @@ class Context:
             None if out.text_logits is None else out.text_logits[:, n_past : n_past + n],
             None if out.eps is None else out.eps[:, n_past : n_past + n],
         )
+
+    def snapshot(self) -> tuple:
+        """The clean past as it is now, for `restore` (cheap: cached tensors are shared, never copied)."""
+        cache = None if self.cache is None else self.cache.copy()
+        return cache, self.history, self.next_unit.clone(), self.next_pos.clone()
+
+    def restore(self, snap: tuple) -> None:
+        """Return to a `snapshot` (which stays valid for further restores)."""
+        cache, self.history, next_unit, next_pos = snap
+        self.cache = None if cache is None else cache.copy()
+        self.next_unit, self.next_pos = next_unit.clone(), next_pos.clone()
 
     def prefill(self, examples: Sequence[Example]) -> torch.Tensor | None:
         """Append B clean contexts (left-padded to one length); return last-position text logits (B, V)."""
@@ -307,6 +322,8 @@ class Generator:
         class_labels: torch.Tensor | None = None,
         rows: torch.Tensor | None = None,
         max_context: int | None = None,
+        window: int | None = None,
+        collect: bool = True,
     ) -> Iterator[BlockEvent | VisualEvent]:
         """Generate one image or video block by block; yields each finished block, then the whole.
 
@@ -315,7 +332,15 @@ class Generator:
             class_labels: (B,) labels for class-conditional models; with cfg_scale != 1
                 the unconditional branch uses the null class and shares the cache.
             rows: (B,) bool, rows that generate (others write padding); default all.
-            max_context: keep at most this many cached tokens (sliding window for long videos).
+            max_context: keep at most this many cached tokens (keys keep their positions, which grow).
+            window: video only: condition each block on at most the `window` previous blocks. Once the
+                window is full it slides: the kept blocks are re-encoded at the positions of the video's
+                first `window` blocks and the new block takes the position of block `window`, so no position
+                beyond those of a (window + 1)-block video is ever used (a model trained on N blocks is
+                never asked about a position it was not trained on when window < N), and the cache holds
+                the context before the video plus at most `window` blocks: memory stays flat.
+            collect: end with a VisualEvent holding the whole segment. False keeps no buffer of past blocks
+                (only BlockEvents are yielded), for long videos.
         """
         C = self.model.cfg.token_dim
         rows = torch.ones(self.B, dtype=torch.bool, device=self.device) if rows is None else rows.to(self.device)
@@ -329,11 +354,23 @@ class Generator:
             bad = (class_labels >= self.model.cfg.num_classes) | (class_labels < -1)
             if bool(bad.any()):
                 raise ValueError(f"class label {class_labels[bad][0].item()} is invalid: valid are 0..{self.model.cfg.num_classes - 1} (or -1 = null)")
-        lay = Layout([type(segment)(**{**segment.__dict__, "noisy": False})])
+        full = type(segment)(**{**segment.__dict__, "noisy": False})
+        n_blocks = full.num_blocks
+        if window is not None:
+            if not isinstance(segment, Video):
+                raise ValueError(f"window={window} applies to Video segments only, got {type(segment).__name__}")
+            if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+                raise ValueError(f"window={window!r} is invalid: must be a positive number of blocks")
+            if max_context is not None:
+                raise ValueError("give max_context (tokens, positions grow) or window (blocks, positions re-based), not both")
+        sliding = window is not None and n_blocks > window
+        # positions and in-block token order come from the segment, or (sliding) from its first window+1 blocks
+        shape = Video((window + 1) * full.frames_per_block, full.h, full.w, full.frames_per_block, noisy=False) if sliding else full
+        lay = Layout([shape])
         modality = IMAGE if isinstance(segment, Image) else VIDEO
         sampler = create_sampler(sampling.sampler, sampling.steps, **sampling.sampler_kwargs)
         doc = torch.where(rows, 0, PAD_DOC)
-        out_tokens = torch.zeros(self.B, lay.num_visual_tokens, C, device=self.device)
+        out_tokens = torch.zeros(self.B, full.num_tokens, C, device=self.device) if collect else None
         # shared: class guidance with one cache, [cond; uncond] stacked on the batch.
         # otherwise each branch has its own context (text prompt dropped, or the class
         # branch given its own copy of the context with `prefill(uncond=...)`).
@@ -341,8 +378,12 @@ class Generator:
         contexts = [self.ctx] + ([self.uncond] if guided and not shared else [])
         null = None if class_labels is None else torch.full_like(class_labels, -1)
         labels = [class_labels, null][: len(contexts)]
-        span = torch.from_numpy(span_positions(0, segment.grid)[0]).to(self.device)  # (f*h*w, 3) offsets
-        for b, blk in enumerate(lay.blocks):
+        span = torch.from_numpy(span_positions(0, shape.grid)[0]).to(self.device)  # (f*h*w, 3) offsets
+        before = [ctx.snapshot() for ctx in contexts] if sliding else []  # the context before this video
+        recent: list[torch.Tensor] = []  # sliding: the last `window` finished blocks
+        for b in range(n_blocks):
+            slot = min(b, len(lay.blocks) - 1)
+            blk = lay.blocks[slot]
             n = len(blk.tokens)
             idx = torch.from_numpy(blk.tokens).to(self.device)
             pos = [ctx.next_pos[:, None, None] + span[idx][None] for ctx in contexts]  # each (B, n, 3)
@@ -365,21 +406,49 @@ class Generator:
                     ] + [None] * (2 - len(contexts))
                 eps = e_c if e_u is None else classifier_free_guidance(e_c, e_u, sampling.cfg_scale)
                 x = sampler.step(eps, t, x, generator=self.gen)
-            for ctx, u, p in zip(contexts, units, pos):  # the finished block joins the clean past
-                ctx.run(token_batch(u, p, dmat, visual=x, modality=modality, token_dim=C), update=True)
-                ctx.next_unit = ctx.next_unit + 1
-                if max_context is not None and ctx.cache is not None:
-                    ctx.cache.keep_last(max_context)
-            out_tokens[:, torch.from_numpy(blk.tokens).to(self.device)] = x
+            if window is not None:
+                recent = (recent + [x])[-window:]
+            if not sliding or b < window:  # the finished block joins the clean past
+                for ctx, u, p in zip(contexts, units, pos):
+                    ctx.run(token_batch(u, p, dmat, visual=x, modality=modality, token_dim=C), update=True)
+                    ctx.next_unit = ctx.next_unit + 1
+                    if max_context is not None and ctx.cache is not None:
+                        ctx.cache.keep_last(max_context)
+            else:  # slide: the context before the video + the last `window` blocks at the first window positions
+                self._reencode(contexts, before, recent, lay, span, doc, modality)
+            if out_tokens is not None:
+                out_tokens[:, idx + (b - slot) * n] = x  # video blocks are consecutive frames
             yield BlockEvent(segment, b, x, rows)
-        f, h, w = segment.grid
+        f, h, w = full.grid
+        f_ctx = window * full.frames_per_block if sliding else f  # frames the context now spans
         for ctx in contexts:
-            ctx.next_pos = ctx.next_pos + max(f, h, w)
+            ctx.next_pos = ctx.next_pos + max(f_ctx, h, w)
         self.logits = None
-        yield VisualEvent(segment, out_tokens, rows)
+        if out_tokens is not None:
+            yield VisualEvent(segment, out_tokens, rows)
+
+    def _reencode(
+        self, contexts: list[Context], before: list[tuple], recent: list[torch.Tensor], lay: Layout,
+        span: torch.Tensor, doc: torch.Tensor, modality: int,
+    ) -> None:
+        """Reset each context to `before` and append the `recent` blocks as clean blocks 0..len-1 (one forward)."""
+        C = self.model.cfg.token_dim
+        n = recent[0].shape[1]
+        idx = torch.from_numpy(np.concatenate([lay.blocks[k].tokens for k in range(len(recent))])).to(self.device)
+        block_of = torch.arange(len(recent), device=self.device).repeat_interleave(n)  # (W*n,)
+        x = torch.cat(recent, 1)  # (B, W*n, C)
+        for ctx, snap in zip(contexts, before):
+            ctx.restore(snap)
+            units = ctx.next_unit[:, None] + block_of[None]
+            pos = ctx.next_pos[:, None, None] + span[idx][None]
+            dmat = doc[:, None].expand(-1, x.shape[1])
+            ctx.run(token_batch(units, pos, dmat, visual=x, modality=modality, token_dim=C), update=True)
+            ctx.next_unit = ctx.next_unit + len(recent)
 
     def generate_visual(self, segment: Image | Video, sampling: VisualSampling, **kw) -> torch.Tensor:
         """Run `stream_visual` to the end; returns (B, f*h*w, C) tokens in natural order."""
+        if kw.get("collect", True) is False:
+            raise ValueError("generate_visual returns the whole segment: stream with collect=False instead")
         for ev in self.stream_visual(segment, sampling, **kw):
             last = ev
         return last.tokens  # type: ignore[union-attr]

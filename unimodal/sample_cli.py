@@ -3,40 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
-
-
-def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, individual: bool = False) -> list[Path]:
-    """Write (N, C, H, W) images in [-1, 1] as one PNG grid (and each image when `individual`).
-
-    Returns:
-        the paths written (grid first).
-    """
-    from PIL import Image as PILImage
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (N, C, H, W)
-    if x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    N, C, H, W = x.shape
-    nrow = nrow or math.ceil(math.sqrt(N))
-    rows, pad = math.ceil(N / nrow), 2
-    canvas = torch.full((3, rows * (H + pad) + pad, nrow * (W + pad) + pad), 255, dtype=torch.uint8)
-    for i in range(N):
-        r, c = divmod(i, nrow)
-        canvas[:, pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = x[i, :3]
-    PILImage.fromarray(canvas.permute(1, 2, 0).numpy()).save(path)
-    written = [path]
-    if individual:
-        for i in range(N):
-            p = path.with_name(f"{path.stem}_{i:03d}.png")
-            PILImage.fromarray(x[i, :3].permute(1, 2, 0).numpy()).save(p)
-            written.append(p)
-    return written
 
 
 def _parse_labels(text: str, num: int, num_classes: int) -> list[int]:
@@ -70,6 +39,8 @@ def run_sample(args: argparse.Namespace) -> list[Path]:
         raise ValueError(f"checkpoint {args.checkpoint!r} has no visual config: it cannot generate images")
     if args.vae:
         visual = VisualConfig.from_dict({**visual.__dict__, "vae_dir": args.vae})
+    if ckpt.extra.get("requires_vae") and visual.vae_dir is None:
+        raise ValueError(f"checkpoint {args.checkpoint!r} generates VAE latents: pass --vae DIR (a local AutoencoderKL directory)")
     sampling = VisualSampling(args.sampler, args.steps, args.cfg)
     from unimodal.tasks import ClassToImage, TextToImage, tokens_to_images  # formats live in the task heads
 
@@ -77,6 +48,8 @@ def run_sample(args: argparse.Namespace) -> list[Path]:
         if cfg.num_classes == 0:
             raise ValueError(f"checkpoint {args.checkpoint!r} is not class-conditional (num_classes=0): use --prompt")
         labels = _parse_labels(args.class_label, args.num, cfg.num_classes)
+        if visual.frames > 1:
+            return _sample_video(args, visual, model, labels, sampling)
         tokens = ClassToImage(visual, None).generate_tokens(model, labels, sampling, seed=args.seed)
     else:
         if ckpt.tokenizer_dir is None or cfg.vocab_size == 0:
@@ -98,7 +71,24 @@ def run_sample(args: argparse.Namespace) -> list[Path]:
         side = visual.grid * visual.patch_size
         latents = unpatchify(tokens.float(), side, side, visual.patch_size, visual.channels)
         images = vae.decode(latents.to(device)).clamp(-1, 1)
+    from .media import save_image_grid
+
     return save_image_grid(images, args.out, individual=not args.grid_only)
+
+
+def _sample_video(args: argparse.Namespace, visual, model, labels: list[int], sampling) -> list[Path]:
+    """Class-conditional video: a frame-grid PNG at --out and one GIF (MP4 when possible) per video."""
+    from unimodal.tasks import ClassToVideo
+
+    from .media import mp4_available, save_frame_grid, write_video
+
+    videos = ClassToVideo(visual).generate(model, labels, sampling, seed=args.seed, frames=args.frames)  # (N, F, C, H, W)
+    out = Path(args.out)
+    written = [save_frame_grid(videos, out)]
+    if not args.grid_only:
+        ext = ".mp4" if mp4_available() else ".gif"
+        written += [write_video(v, out.with_name(f"{out.stem}_{i:03d}{ext}")) for i, v in enumerate(videos)]
+    return written
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -115,6 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid-only", action="store_true", help="do not write the individual images")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--vae", default=None, help="local AutoencoderKL directory for latent checkpoints")
+    p.add_argument("--frames", type=int, default=None, help="video checkpoints: frames to generate (default: as trained)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
 
     def run(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ def easyvqa_test(cache: Path):
 
 
 def test_registry_names_and_errors(cache: Path) -> None:
-    assert list_datasets() == ["digits", "easyvqa", "fashion_mnist", "imagefolder", "records"]
+    assert list_datasets() == ["digits", "easyvqa", "fashion_mnist", "imagefolder", "moving_fmnist", "records"]
     with pytest.raises(UnknownDatasetError, match=r"unknown dataset 'easy_vqa'; did you mean 'easyvqa'\?"):
         load_dataset("easy_vqa", "train")
     with pytest.raises(UnknownDatasetError, match="'fashion_mnist'"):

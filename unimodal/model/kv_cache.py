@@ -77,6 +77,13 @@ class KVCache:
             self.v[i] = self.v[i][:, :, -n:].contiguous()
         self.unit, self.noisy, self.doc = self.unit[:, -n:], self.noisy[:, -n:], self.doc[:, -n:]
 
+    def copy(self) -> "KVCache":
+        """A shallow copy: its own per-layer lists, sharing the tensors (which are never written in place)."""
+        out = KVCache(self.n_layer)
+        out.k, out.v = list(self.k), list(self.v)
+        out.unit, out.noisy, out.doc = self.unit, self.noisy, self.doc
+        return out
+
     def select(self, rows: torch.Tensor) -> "KVCache":
         """A cache holding only the given batch rows (a copy)."""
         out = KVCache(self.n_layer)

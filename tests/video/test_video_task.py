@@ -1,0 +1,151 @@
+"""Video end to end: 3-axis layout, the backbone's invariances on video, class→video training and streaming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import randomize_
+from unimodal.batch import Example, collate
+from unimodal.config import VisualConfig
+from unimodal.diffusion.loss import compute_loss
+from unimodal.diffusion.schedule import NoiseSchedule, ScheduleConfig
+from unimodal.generate import VisualSampling
+from unimodal.layout import Layout, Video
+from unimodal.model import create_model
+from unimodal.tasks import ClassToVideo, TaskMixture, build_video_bank, get_task_class
+
+C = 12
+
+
+def video_model(token_dim: int = C, **kw):
+    torch.manual_seed(0)
+    return randomize_(create_model("tiny", token_dim=token_dim, vocab_size=0, num_classes=5, **kw)).eval()
+
+
+def video_batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    lay = Layout([Video(6, 2, 3, 2)])  # 6 frames of 2x3 tokens, 2 frames a block: 3 blocks of 12 tokens
+    rows = [Example(lay, torch.randn(36, C, generator=g), 1), Example(lay, torch.randn(36, C, generator=g), 4)]
+    b = collate(rows, C)
+    b.t = torch.randint(0, 1000, b.t.shape, generator=g)
+    return b, lay
+
+
+def test_video_layout_positions_and_blocks() -> None:
+    lay = Layout([Video(4, 2, 3, 2)])
+    assert [len(b.tokens) for b in lay.blocks] == [12, 12] and len(lay) == 48  # 2·N·B
+    first = lay.blocks[1]
+    np.testing.assert_array_equal(lay.pos[first.clean[0] : first.clean[0] + 3], [[2, 0, 0], [2, 0, 1], [2, 0, 2]])
+    np.testing.assert_array_equal(lay.pos[first.noisy[0] : first.noisy[1]], lay.pos[first.clean[0] : first.clean[1]])
+    assert set(lay.pos[:, 0].tolist()) == {0, 1, 2, 3}  # frames on the t axis
+
+
+@torch.no_grad()
+def test_clean_stream_independent_of_t_label_and_noisy_tokens_on_video() -> None:
+    m = video_model()
+    b, _ = video_batch()
+    layers = tuple(range(m.cfg.n_layer + 1))
+    ref = m(b, hidden_layers=layers)
+    b2 = b.replace(t=torch.randint(0, 1000, b.t.shape), y=torch.randint(-1, 5, b.y.shape),
+                   visual=torch.where(b.noisy[..., None], torch.randn_like(b.visual), b.visual))
+    out = m(b2, hidden_layers=layers)
+    clean = ~b.noisy
+    for i in layers:
+        torch.testing.assert_close(out.hidden[i][clean], ref.hidden[i][clean])
+    assert not torch.allclose(out.eps[b.noisy], ref.eps[b.noisy])
+
+
+@torch.no_grad()
+def test_eps_of_video_block_ignores_later_frames_and_other_noisy_blocks() -> None:
+    m = video_model()
+    b, lay = video_batch()
+    ref = m(b).eps
+    for i, blk in enumerate(lay.blocks):
+        vis, t = b.visual.clone(), b.t.clone()
+        for j, other in enumerate(lay.blocks):
+            if j >= i:
+                vis[:, other.clean[0] : other.clean[1]] += torch.randn(2, 12, C)
+            if j != i:
+                vis[:, other.noisy[0] : other.noisy[1]] += torch.randn(2, 12, C)
+                t[:, other.slot] = 7
+        out = m(b.replace(visual=vis, t=t)).eps
+        n0, n1 = blk.noisy
+        torch.testing.assert_close(out[:, n0:n1], ref[:, n0:n1])
+        if i > 0:  # an earlier frame does matter
+            vis2 = b.visual.clone()
+            vis2[:, lay.blocks[0].clean[0]] += 1.0
+            assert not torch.allclose(m(b.replace(visual=vis2)).eps[:, n0:n1], ref[:, n0:n1])
+
+
+# ---- class→video on Moving Fashion-MNIST ----------------------------------------------------------
+
+VISUAL = VisualConfig(channels=1, image_size=32, patch_size=8, block_h=4, block_w=4, frames=8, frames_per_block=2)
+DATA = dict(frames=8, canvas=32, item_size=14)
+
+
+@pytest.fixture(scope="module")
+def banks(tmp_path_factory):
+    from unimodal.data import load_dataset
+
+    cache = tmp_path_factory.mktemp("mf")
+    train = load_dataset("moving_fmnist", "train", cache_dir=cache, num_sequences=96, **DATA)
+    test = load_dataset("moving_fmnist", "test", cache_dir=cache, num_sequences=16, **DATA)
+    return build_video_bank(train, VISUAL, "moving_fmnist/train"), build_video_bank(test, VISUAL, "moving_fmnist/test")
+
+
+def test_video_bank_and_examples(banks) -> None:
+    train, _ = banks
+    assert train.tokens.shape == (96, 8 * 16, 64)
+    assert train.tokens.min() >= -1 and train.tokens.max() <= 1
+    task = get_task_class("class_to_video")(VISUAL, None, drop_prob=0.5)
+    rng = np.random.default_rng(0)
+    exs = [task.example(train, 0, rng) for _ in range(40)]
+    lay = exs[0].layout
+    assert lay.num_noisy_blocks == 4 and len(lay) == 2 * 128 and isinstance(lay.segments[0], Video)
+    labels = {e.class_label for e in exs}
+    assert labels == {-1, train.columns["label"][0]}  # label dropout to the null class
+
+
+def test_tiny_model_on_moving_fashion_mnist_lowers_its_loss(banks) -> None:
+    train, test = banks
+    task = ClassToVideo(VISUAL, drop_prob=0.1)
+    mix = TaskMixture([(task, 1.0, train)], VISUAL.token_dim, seed=0)
+    sched = NoiseSchedule(ScheduleConfig())
+    held = collate([task.example(test, i, np.random.default_rng(i)) for i in range(8)], VISUAL.token_dim)
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 1000, held.t.shape, generator=g)
+    noise = torch.randn(held.visual.shape, generator=g)
+
+    def held_loss(m) -> float:
+        with torch.no_grad():
+            return compute_loss(m, held, sched, t=t, noise=noise)["loss"].item()
+
+    torch.manual_seed(0)
+    m = create_model("tiny", token_dim=VISUAL.token_dim, vocab_size=0, num_classes=10)
+    before = held_loss(m)
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-3, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(20):
+        parts = compute_loss(m, mix.batch(step, 0, 1, 4), sched, generator=gen)
+        opt.zero_grad()
+        parts["loss"].backward()
+        opt.step()
+    after = held_loss(m)
+    assert after < 0.5 * before, (before, after)  # held-out sequences, fixed t and noise
+
+
+@torch.no_grad()
+def test_stream_yields_frames_block_by_block_and_matches_generate() -> None:
+    visual = VisualConfig(channels=1, image_size=8, patch_size=4, block_h=2, block_w=2, frames=4, frames_per_block=2)
+    m = video_model(token_dim=visual.token_dim)
+    task = ClassToVideo(visual)
+    s = VisualSampling("dpm++", steps=3, cfg_scale=1.5)
+    chunks = list(task.stream(m, [1, 3], s, seed=5))
+    assert [c.shape for c in chunks] == [(2, 2, 1, 8, 8)] * 2
+    video = task.generate(m, [1, 3], s, seed=5)
+    assert video.shape == (2, 4, 1, 8, 8) and video.abs().max() <= 1
+    torch.testing.assert_close(video, torch.cat(chunks, 1))
+    with pytest.raises(ValueError, match="multiple of frames_per_block=2"):
+        task.generate(m, [1], s, frames=5)
