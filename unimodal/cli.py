@@ -109,6 +109,7 @@ def _register_quickstart(sub: argparse._SubParsersAction) -> None:
 
 _REGISTRARS: list = [_register_quickstart, _register_sample, _register_data]
 _REGISTRARS.append(lambda sub: __import__("unimodal.convert.cli", fromlist=["register"]).register(sub))
+_REGISTRARS.append(lambda sub: __import__("unimodal.eval.cli", fromlist=["register"]).register(sub))
 _REGISTRARS.append(lambda sub: __import__("unimodal.train.cli", fromlist=["register"]).register(sub))
 
 

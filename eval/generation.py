@@ -1,0 +1,113 @@
+"""Generation heads: class→image and text→image samples, scored against a reference split.
+
+Samples are drawn in batches, each seeded with (task seed + batch index), so a
+run is a pure function of the checkpoint, the task file and the seed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from unimodal.generate import VisualSampling
+from unimodal.tasks import ClassToImage, TextToImage
+
+from .context import EvalContext, Evidence
+from .data import load_records
+from .errors import EvalError
+from .extractors import build_extractor
+from .extractors.domain_cnn import encode_labels
+from .reference import reference_features
+from .samples import SampleSet
+from .task_config import EvalTaskConfig
+
+SAMPLING_KEYS = ("sampler", "steps", "cfg_scale", "sampler_kwargs")
+
+
+def sampling_of(task: EvalTaskConfig) -> VisualSampling:
+    return VisualSampling(**{k: v for k, v in task.generation.items() if k in SAMPLING_KEYS})
+
+
+def _generate(task: EvalTaskConfig, ctx: EvalContext, conditions: list, draw: Callable[[list, int], torch.Tensor]) -> torch.Tensor:
+    bs = int(task.generation.get("batch_size", 64))
+    chunks = range(0, len(conditions), bs)
+    out = [draw(conditions[s : s + bs], task.seed + i) for i, s in enumerate(tqdm(chunks, desc=task.name, disable=not ctx.progress, leave=False))]
+    return torch.cat(out)
+
+
+def _comparability(extractor, n: int) -> tuple[bool, list[str]]:
+    if extractor.comparable:
+        note = f"FID/IS use the standard Inception weights: comparable with published numbers for the same reference set and sample count (this run: {n} samples; the paper protocol is FID-50K)."
+        return n >= 50_000, [note]
+    if extractor.info.get("kind") == "inception":
+        return False, ["Inception weights are not the standard FID file (hash differs): NOT comparable with published FID."]
+    acc = ", ".join(f"{h} {a:.1%}" for h, a in extractor.info.get("test_accuracy", {}).items())
+    return False, [f"In-domain extractor {extractor.name} (its own test accuracy: {acc}): FID/IS/precision/recall are comparable only between runs with this extractor, NOT with published FID."]
+
+
+def _sample_set(task: EvalTaskConfig, ctx: EvalContext, images: torch.Tensor, ref_ds, targets_from) -> tuple[SampleSet, dict, bool, list[str]]:
+    v = ctx.visual
+    opts = dict(task.extractor_options)
+    if task.extractor == "inception":
+        opts.setdefault("device", str(ctx.device))  # 50K images through Inception: use the accelerator
+        if ctx.inception_weights:
+            opts.setdefault("weights", ctx.inception_weights)
+    extractor = build_extractor(task.extractor, opts, dataset=task.dataset, image_size=v.image_size, channels=v.channels)
+    key = {"dataset": task.dataset, "split": task.split, "options": task.options, "seed": task.seed, "head": task.head}
+    feats, stats = reference_features(ref_ds, extractor, v.image_size, v.channels, key)
+    clip = None
+    if "clip_score" in task.metrics:
+        from .extractors.clip import build_clip
+
+        clip = build_clip(task.clip, dataset=task.dataset, image_size=v.image_size, channels=v.channels)
+    s = SampleSet(images, extractor, feats, targets_from(extractor), clip=clip, reference_stats=stats)
+    comparable, notes = _comparability(extractor, len(images))
+    details = {"extractor": extractor.info, "num_samples": len(images), "num_reference": len(ref_ds)}
+    if clip is not None:
+        details["clip"] = clip.info
+        comparable_clip = clip.info.get("comparable", False)
+        notes.append("CLIP score from " + ("user-supplied open_clip weights." if comparable_clip else "the in-domain CLIP trained by the toolkit: NOT comparable with published CLIP scores."))
+    return s, details, comparable, notes
+
+
+def run_class_to_image(task: EvalTaskConfig, ctx: EvalContext) -> Evidence:
+    """Balanced labels 0,1,..,K-1,0,1,..; reference: the split's images."""
+    ref = load_records(task.dataset, task.split, task.options, ctx.cap(task.num_samples), task.seed)
+    K = ctx.model.cfg.num_classes
+    labels = [i % K for i in range(len(ref))]
+    head = ClassToImage(ctx.visual, None)
+    sampling = sampling_of(task)
+    images = _generate(task, ctx, labels, lambda c, seed: head.generate(ctx.model, c, sampling, seed=seed))
+
+    def targets(extractor) -> dict[str, np.ndarray]:
+        if "label" not in extractor.heads:
+            return {}
+        if len(extractor.heads["label"]) != K:
+            raise EvalError(f"task {task.name!r}: the checkpoint has {K} classes, {task.dataset!r} labels have {len(extractor.heads['label'])}")
+        return {"label": np.asarray(labels)}
+
+    s, details, comparable, notes = _sample_set(task, ctx, images, ref, targets)
+    cols = min(K, 10)
+    grid = images[: cols * min(8, max(1, len(images) // cols))]
+    return Evidence(s, details, grid, grid_cols=cols, comparable=comparable, notes=notes)
+
+
+def run_text_to_image(task: EvalTaskConfig, ctx: EvalContext) -> Evidence:
+    """One sample per captioned record; the requested attributes are the record's label columns."""
+    has = lambda cols: [bool(c) for c in cols["caption"]]  # noqa: E731
+    ref = load_records(task.dataset, task.split, task.options, ctx.cap(task.num_samples), task.seed, keep=has)
+    captions = list(ref["caption"])
+    head = TextToImage(ctx.visual, ctx.tokenizer)
+    sampling = sampling_of(task)
+    images = _generate(task, ctx, captions, lambda c, seed: head.generate(ctx.model, c, sampling, seed=seed))
+
+    def targets(extractor) -> dict[str, np.ndarray]:
+        return {h: encode_labels(ref[h], names).numpy() for h, names in extractor.heads.items() if h in ref.column_names}
+
+    s, details, comparable, notes = _sample_set(task, ctx, images, ref, targets)
+    s.captions = captions
+    details["examples"] = [{"prompt": c} for c in captions[:8]]
+    return Evidence(s, details, images[:16], grid_cols=8, comparable=comparable, notes=notes)

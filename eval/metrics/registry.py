@@ -1,0 +1,82 @@
+"""Metric registry: every metric is registered with its aggregation, direction and input kind.
+
+    @register_metric("vqa_accuracy", aggregation="mean", higher_is_better=True, inputs="text")
+    def vqa_accuracy(prediction: str, references: list[str]) -> float: ...
+
+* ``aggregation="mean"``: `fn` scores one item; the task score is the mean over items.
+* ``aggregation="corpus"``: `fn` scores the whole set at once (BLEU, CIDEr, FID, ...).
+
+``inputs`` says what a metric reads, and so which task heads can use it:
+``"text"`` (predictions, references), ``"images"`` (a `SampleSet` of generated
+and reference images) or ``"probe"`` (a list of `ProbeSweep`). The harness applies
+the aggregation of text metrics; image and probe metrics always receive the
+whole set, and their aggregation documents how they combine samples.
+
+A metric returns a float, or a dict whose "" entry is the headline value and
+whose other entries are reported as ``name/key`` (e.g. ``class_accuracy/color``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from unimodal.config import suggest
+
+from ..errors import EvalError
+
+Aggregation = Literal["mean", "corpus"]
+Inputs = Literal["text", "images", "probe"]
+AGGREGATIONS, INPUTS = ("mean", "corpus"), ("text", "images", "probe")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    fn: Callable[..., Any]
+    aggregation: Aggregation
+    higher_is_better: bool
+    inputs: Inputs
+
+    @property
+    def description(self) -> str:
+        return (self.fn.__doc__ or "").strip().splitlines()[0] if self.fn.__doc__ else ""
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(
+    name: str, aggregation: Aggregation, higher_is_better: bool, inputs: Inputs = "text"
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator adding `fn` to the registry under `name` (the function itself is returned unchanged)."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation {aggregation!r} must be one of {AGGREGATIONS}")
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs {inputs!r} must be one of {INPUTS}")
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in METRICS:
+            raise ValueError(f"metric {name!r} is registered twice")
+        METRICS[name] = Metric(name, fn, aggregation, higher_is_better, inputs)
+        return fn
+
+    return deco
+
+
+def list_metrics(inputs: Inputs | None = None) -> list[str]:
+    return sorted(n for n, m in METRICS.items() if inputs is None or m.inputs == inputs)
+
+
+def get_metric(name: str) -> Metric:
+    """The registered metric `name`; an unknown name lists the close matches."""
+    if name not in METRICS:
+        raise EvalError(f"unknown metric {name!r}; valid metrics: {list_metrics()}.{suggest(name, list_metrics())}")
+    return METRICS[name]
+
+
+def score_text(metric: Metric, predictions: list[str], references: list[list[str]]) -> float:
+    """Apply a text metric: the mean of per-item scores, or the corpus score."""
+    if metric.aggregation == "mean":
+        return float(sum(metric.fn(p, r) for p, r in zip(predictions, references)) / max(len(predictions), 1))
+    return float(metric.fn(predictions, references))

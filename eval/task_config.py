@@ -1,0 +1,183 @@
+"""Eval tasks as YAML files, discovered into a registry (lm-evaluation-harness style).
+
+A task file names a dataset split, a task head, its settings and its metrics::
+
+    name: fmnist_c2i
+    version: 1
+    head: class_to_image          # probe | vqa | captioning | class_to_image | text_to_image
+    dataset: fashion_mnist
+    split: test                   # evaluated / reference split
+    num_samples: 1000             # capped by --limit
+    seed: 0
+    generation: {sampler: dpm++, steps: 25, cfg_scale: 1.5, batch_size: 100}
+    extractor: domain             # domain | inception
+    metrics: [fid, inception_score, precision, recall, class_accuracy]
+
+A variant starts from another task with ``include: base.yaml`` (a path relative
+to the including file, or a task name) and overrides keys; nested mappings are
+merged, everything else replaced. Tasks come from ``eval/tasks/*.yaml`` and from
+any ``--include-path`` directory; a user task replaces a shipped one of the same
+name. ``${VAR}`` in string values is expanded from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import yaml
+
+from unimodal.config import suggest
+
+from .errors import EvalError
+
+TASK_DIR = Path(__file__).parent / "tasks"
+Head = Literal["probe", "vqa", "captioning", "class_to_image", "text_to_image"]
+# head -> (kind of metric inputs it produces, training task of unimodal.tasks it needs (None: any model))
+HEADS: dict[str, tuple[str, str | None]] = {
+    "probe": ("probe", None),
+    "vqa": ("text", "vqa"),
+    "captioning": ("text", "captioning"),
+    "class_to_image": ("images", "class_to_image"),
+    "text_to_image": ("images", "text_to_image"),
+}
+GENERATION_KEYS = ("sampler", "steps", "cfg_scale", "sampler_kwargs", "batch_size", "max_new_tokens")
+
+
+@dataclass
+class EvalTaskConfig:
+    """One resolved eval task (see the module docstring for the YAML form)."""
+
+    name: str
+    head: Head
+    dataset: str
+    metrics: list[str]
+    split: str = "test"
+    train_split: str = "train"  # probe: split the probe is fitted on
+    options: dict[str, Any] = field(default_factory=dict)  # load_dataset options (view, path, ...)
+    num_samples: int | None = None  # None: the whole split
+    seed: int = 0
+    version: int = 1
+    description: str = ""
+    generation: dict[str, Any] = field(default_factory=dict)  # sampler/steps/cfg_scale/batch_size/max_new_tokens
+    extractor: str = "domain"  # generation heads: feature extractor kind
+    extractor_options: dict[str, Any] = field(default_factory=dict)
+    clip: dict[str, Any] = field(default_factory=dict)  # {model: domain} or {model: ViT-B-32, weights: FILE}
+    probe: dict[str, Any] = field(default_factory=dict)  # layers, pool, noisy_t, targets, train_samples, controls
+    source: str = ""  # the YAML file (set by the loader)
+
+    def __post_init__(self) -> None:
+        from .metrics import get_metric
+
+        if self.head not in HEADS:
+            raise EvalError(f"task {self.name!r}: unknown head {self.head!r}; valid heads: {list(HEADS)}.{suggest(self.head, list(HEADS))}")
+        if not self.metrics:
+            raise EvalError(f"task {self.name!r} lists no metrics")
+        kind = HEADS[self.head][0]
+        for m in self.metrics:
+            metric = get_metric(m)
+            if metric.inputs != kind:
+                from .metrics import list_metrics
+
+                raise EvalError(
+                    f"task {self.name!r}: metric {m!r} reads {metric.inputs}, head {self.head!r} gives {kind}; "
+                    f"valid metrics for it: {list_metrics(kind)}"
+                )
+        from .extractors.base import EXTRACTORS
+
+        unknown = sorted(set(self.generation) - set(GENERATION_KEYS))
+        if unknown:
+            raise EvalError(f"task {self.name!r}: unknown generation setting(s) {unknown}; valid: {list(GENERATION_KEYS)}")
+
+        if self.extractor not in EXTRACTORS:
+            raise EvalError(f"task {self.name!r}: unknown extractor {self.extractor!r}; valid: {list(EXTRACTORS)}")
+        if self.num_samples is not None and int(self.num_samples) < 1:
+            raise EvalError(f"task {self.name!r}: num_samples must be >= 1, got {self.num_samples}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvalTaskConfig":
+        valid = [f.name for f in fields(cls)]
+        for k in d:
+            if k not in valid:
+                raise EvalError(f"task {d.get('name', '?')!r} ({d.get('source', '')}): unknown field {k!r}; valid fields: {valid}.{suggest(k, valid)}")
+        for k in ("name", "head", "dataset", "metrics"):
+            if k not in d:
+                raise EvalError(f"task file {d.get('source', '?')} needs {k!r}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"}
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        return os.path.expandvars(value)
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    return value
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise EvalError(f"task file {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise EvalError(f"task file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+class TaskRegistry:
+    """Task names -> YAML files, from the shipped directory and user include paths."""
+
+    def __init__(self, include_paths: Iterable[str | os.PathLike] = ()):
+        self.versions: dict[str, list[Path]] = {}  # name -> its files, the shipped one first
+        for directory in [TASK_DIR, *map(Path, include_paths)]:
+            if not directory.is_dir():
+                raise EvalError(f"include path {str(directory)!r} is not a directory of task YAML files")
+            for f in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
+                self.versions.setdefault(str(_read(f).get("name", f.stem)), []).append(f)
+        self.files = {name: files[-1] for name, files in self.versions.items()}
+
+    def names(self) -> list[str]:
+        return sorted(self.files)
+
+    def get(self, name: str) -> EvalTaskConfig:
+        """The resolved task `name`; an unknown name lists the close matches."""
+        if name not in self.files:
+            raise EvalError(f"unknown eval task {name!r}.{suggest(name, self.names())} Available: {', '.join(self.names())}")
+        return EvalTaskConfig.from_dict({**self._resolve(self.files[name], ()), "name": name, "source": str(self.files[name])})
+
+    def _resolve(self, path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+        if path in chain:
+            raise EvalError(f"task files include each other in a cycle: {' -> '.join(map(str, (*chain, path)))}")
+        data = _read(path)
+        inc = data.pop("include", None)
+        if inc is not None:
+            # a file next to this one, else the newest file of that task name not already in the chain
+            # (so a user task can include the shipped task it replaces)
+            shadowed = [f for f in self.versions.get(str(inc), []) if f not in (*chain, path)]
+            target = (path.parent / inc) if (path.parent / inc).is_file() else (shadowed[-1] if shadowed else None)
+            if target is None:
+                raise EvalError(f"{path}: include {inc!r} is neither a file next to it nor a task name.{suggest(str(inc), self.names())}")
+            data = _merge(self._resolve(Path(target), (*chain, path)), data)
+        return _expand(data)
+
+
+def list_eval_tasks(include_paths: Iterable[str | os.PathLike] = ()) -> list[str]:
+    return TaskRegistry(include_paths).names()
+
+
+def get_eval_task(name: str, include_paths: Iterable[str | os.PathLike] = ()) -> EvalTaskConfig:
+    return TaskRegistry(include_paths).get(name)
