@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from unimodal.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, CheckpointError
+from unimodal.checkpoint import CONFIG_FILE, EMA_FILE, META_FILE, MODEL_FILE, CheckpointError
 
 from .distributed import DistInfo, any_rank, barrier
 from .engine import DS_TAG
@@ -58,16 +58,44 @@ def resolve_resume(resume: str | Path | None, root: Path) -> Path | None:
     if resume is None:
         return None
     if str(resume) == "auto":
-        return latest_checkpoint(root)
+        path = latest_checkpoint(root)
+        if path is not None:
+            check_weights_readable(path)
+        return path
     path = Path(resume)
     if not path.is_dir():
-        raise CheckpointError(f"resume checkpoint {str(path)!r} does not exist")
+        what = "is not a checkpoint directory" if path.exists() else "does not exist"
+        raise CheckpointError(f"resume checkpoint {str(path)!r} {what}")
     if not is_complete(path):
         raise CheckpointError(
             f"resume checkpoint {str(path)!r} is incomplete: needs {MODEL_FILE}, {CONFIG_FILE}, {META_FILE} and "
             f"{DS_DIR}/{DS_TAG}/ (a weights-only checkpoint cannot resume training exactly)"
         )
+    check_weights_readable(path)
     return path
+
+
+def check_weights_readable(path: Path) -> None:
+    """Fail early, naming the file, when a checkpoint's safetensors file is truncated or foreign.
+
+    Resuming restores the weights from deepspeed/, so without this a damaged
+    model.safetensors would go unnoticed. Only the headers are read (safetensors
+    checks that they cover the whole file), no tensor.
+    """
+    from safetensors import safe_open
+
+    for name in (MODEL_FILE, EMA_FILE):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
+            raise CheckpointError(
+                f"resume checkpoint {str(path)!r}: weights file {str(file)!r} is truncated or not a safetensors "
+                f"file ({type(e).__name__}: {e})"
+            ) from None
 
 
 def remove_partials(root: Path) -> None:
