@@ -142,6 +142,17 @@ class Task:
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text)
 
+    num_classes: int | None = None  # set from the model config by the mixture: labels are checked against it
+
+    def class_label(self, bank: ImageBank, index: int, rng: np.random.Generator) -> int:
+        """The record's `label`, checked, or -1 (the null class) with probability `drop_prob`."""
+        label = bank.column("label", index)
+        if not isinstance(label, (int, np.integer)) or isinstance(label, bool) or label < 0:
+            raise RecordError(f"{bank.name} record {index}: label {label!r} must be a non-negative integer")
+        if self.num_classes is not None and label >= self.num_classes:
+            raise RecordError(f"{bank.name} record {index}: label {label} is out of range for a model of {self.num_classes} classes")
+        return -1 if rng.random() < self.drop_prob else int(label)
+
 
 def make_example(segments: list, tokens: torch.Tensor | None, label: int = -1) -> Example:
     return Example(Layout(segments), tokens, label)

@@ -21,12 +21,7 @@ class ClassToImage(Task):
     needs_class = True
 
     def example(self, bank: ImageBank, index: int, rng: np.random.Generator) -> Example:
-        label = bank.column("label", index)
-        if not isinstance(label, (int, np.integer)) or label < 0:
-            raise RecordError(f"{bank.name} record {index}: label {label!r} must be a non-negative integer")
-        if rng.random() < self.drop_prob:
-            label = -1
-        return make_example([self.image_segment(noisy=True)], bank.tokens[index], int(label))
+        return make_example([self.image_segment(noisy=True)], bank.tokens[index], self.class_label(bank, index, rng))
 
     @torch.no_grad()
     def generate_tokens(self, model, labels: list[int], sampling: VisualSampling, seed: int = 0) -> torch.Tensor:

@@ -98,12 +98,7 @@ class ClassToVideo(Task):
         return Video(f, v.grid, v.grid, v.frames_per_block, noisy=noisy)
 
     def example(self, bank: ImageBank, index: int, rng: np.random.Generator) -> Example:
-        label = bank.column("label", index)
-        if not isinstance(label, (int, np.integer)) or label < 0:
-            raise RecordError(f"{bank.name} record {index}: label {label!r} must be a non-negative integer")
-        if rng.random() < self.drop_prob:
-            label = -1
-        return make_example([self.video_segment(noisy=True)], bank.tokens[index], int(label))
+        return make_example([self.video_segment(noisy=True)], bank.tokens[index], self.class_label(bank, index, rng))
 
     def context_window(self, frames: int, max_context: int | None) -> int | None:
         """Blocks of past context kept: `max_context`, else (beyond the trained length) trained blocks − 1."""

@@ -1,9 +1,8 @@
-import numpy as np
 import pytest
 import torch
 
 from unimodal.batch import Example, collate
-from unimodal.layout import IGNORE, IMAGE, PAD_DOC, TEXT, VIDEO, Image, Layout, LayoutError, Text, Video, pack
+from unimodal.layout import IGNORE, PAD_DOC, VIDEO, Image, Layout, LayoutError, Text, Video, pack
 
 
 def test_image_blocks_raster_order():

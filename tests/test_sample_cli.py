@@ -1,5 +1,4 @@
 import pytest
-import torch
 from PIL import Image as PILImage
 
 from conftest import randomize_

@@ -152,14 +152,19 @@ class ModelConfig:
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """The resolved config as YAML; also written to `path` when given."""
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
+        return dump_yaml(self.to_dict(), path)
 
     def num_params_estimate(self) -> int:
         """Rough parameter count of the transformer blocks (12·D² per layer + adaLN 6·D² per layer)."""
         return self.n_layer * 18 * self.d_model**2
+
+
+def dump_yaml(data: dict[str, Any], path: str | Path | None = None) -> str:
+    """YAML text of a resolved config (key order kept); also written to `path` when given."""
+    text = yaml.safe_dump(data, sort_keys=False)
+    if path is not None:
+        Path(path).write_text(text)
+    return text
 
 
 def list_presets() -> list[str]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .batch import Example, SequenceBatch, collate
-from .diffusion.samplers import Sampler, classifier_free_guidance, create_sampler
+from .diffusion.samplers import classifier_free_guidance, create_sampler
 from .layout import IMAGE, PAD, PAD_DOC, TEXT, VIDEO, Image, Layout, Video, span_positions
 from .model import ACDiT, KVCache, ModelOutput
 

@@ -79,7 +79,6 @@ def save_frame_grid(videos: Any, path: str | Path, pad: int = 2, max_frames: int
         path: PNG path.
         max_frames: show at most this many frames, evenly spaced (default all).
     """
-    from PIL import Image
 
     v = videos.detach().cpu().numpy() if hasattr(videos, "detach") else np.asarray(videos)
     if v.ndim == 4:

@@ -64,3 +64,18 @@ def test_ema_of_a_zero3_partitioned_model_equals_the_ema_of_its_gathered_weights
             torch.testing.assert_close(v, ref[k])
     finally:
         engine.destroy()
+
+
+def test_ema_warmup_follows_the_step_and_caps_at_decay():
+    import torch
+
+    from unimodal.train.ema import EMA
+
+    m = torch.nn.Linear(2, 2, bias=False)
+    ema = EMA(m, 0.999)
+    assert ema.decay_at(None) == 0.999 and ema.decay_at(1) == 2 / 11 and ema.decay_at(10**6) == 0.999
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    before = ema.state_dict()["weight"].clone()
+    ema.update(m, step=1)  # d = 2/11: the average moves 9/11 of the way to the new weights
+    torch.testing.assert_close(ema.state_dict()["weight"], before + (1.0 - before) * 9 / 11)

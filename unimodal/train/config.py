@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from unimodal.config import PRESETS, ConfigError, ModelConfig, VisualConfig, suggest
+from unimodal.config import PRESETS, ConfigError, ModelConfig, VisualConfig, dump_yaml, suggest
 from unimodal.diffusion.loss import LossWeights
 from unimodal.diffusion.schedule import ScheduleConfig
 
@@ -226,10 +226,7 @@ class TrainConfig:
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """The resolved config as YAML; also written to `path` when given."""
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
+        return dump_yaml(self.to_dict(), path)
 
 
 class _Loader(yaml.SafeLoader):

@@ -260,7 +260,7 @@ def train(
                 engine.step()
             done = step + 1
             if ema is not None:
-                ema.update(engine.module)
+                ema.update(engine.module, step=done)
             if not own_grad_norm:
                 grad_norm = engine.get_global_grad_norm()
             record = _record(done, lr, totals, grad_norm, time.perf_counter() - t0)
