@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import randomize_
+from model_helpers import randomize_
 from unimodal.batch import Example
 from unimodal.generate import (
     BlockEvent,

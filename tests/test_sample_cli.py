@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image as PILImage
 
-from conftest import randomize_
+from model_helpers import randomize_
 from unimodal.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from unimodal.cli import main
 from unimodal.config import VisualConfig

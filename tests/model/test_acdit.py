@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from conftest import randomize_
+from model_helpers import randomize_
 from unimodal.batch import Example, collate
 from unimodal.layout import Image, Layout, Text, Video
 from unimodal.model import create_model

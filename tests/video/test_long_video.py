@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import randomize_
+from model_helpers import randomize_
 from unimodal.batch import Example, collate
 from unimodal.config import VisualConfig
 from unimodal.generate import BlockEvent, Generator, VisualEvent, VisualSampling

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import randomize_
+from model_helpers import randomize_
 from unimodal.batch import Example, collate
 from unimodal.config import VisualConfig
 from unimodal.diffusion.loss import compute_loss
