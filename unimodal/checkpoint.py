@@ -141,23 +141,33 @@ def read_weights(file: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read weights file {str(file)!r}: {type(e).__name__}: {e}") from None
 
 
+def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], ignore: set[str] = frozenset()) -> str | None:
+    """Every missing, unexpected and mis-shaped key of `state` against `own`, as one message (None: it fits)."""
+    missing = sorted(set(own) - set(state) - set(ignore))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})"
+              for k in sorted(state) if k in own and state[k].shape != own[k].shape]
+
+    def listed(keys: list[str], n: int = 10) -> str:
+        return ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {listed(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {listed(unexpected)}")
+    if shapes:
+        parts.append(f"wrong shapes: {'; '.join(shapes[:5])}")
+    return "; ".join(parts) or None
+
+
 def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy `state` into `model`, raising one error that lists missing, unexpected and mis-shaped keys."""
     own = model.state_dict()
     tied = {k for k in own if k == "lm_head.weight" and getattr(model.cfg, "tie_embeddings", False)}
-    missing = sorted(set(own) - set(state) - tied)
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
-        if shapes:
-            parts.append("shape mismatches " + "; ".join(shapes[:5]))
-        raise CheckpointError(f"{source} does not fit the model: " + ", ".join(parts))
+    problem = state_mismatch(own, state, tied)
+    if problem:
+        raise CheckpointError(f"{source} does not fit the model: {problem}")
     model.load_state_dict(state, strict=False)
 
 

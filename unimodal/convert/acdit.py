@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointError, load_state_into, save_checkpoint
+from ..checkpoint import CheckpointError, load_state_into, save_checkpoint, state_mismatch
 from ..config import ConfigError, ModelConfig, VisualConfig
 from ..diffusion.schedule import ScheduleConfig
 from ..model import ACDiT
@@ -233,20 +233,9 @@ def map_state(state: dict[str, torch.Tensor], channels: int, patch: int) -> dict
 
 def check_keys(model: ACDiT, state: dict[str, torch.Tensor], source: str) -> None:
     """One error listing every missing, unexpected and mis-shaped key (release names)."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})"
-              for k in sorted(state) if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {', '.join(unexpected)}")
-        if shapes:
-            parts.append(f"wrong shapes: {'; '.join(shapes)}")
-        raise CheckpointError(f"{source} does not match the released ACDiT layout: " + "; ".join(parts))
+    problem = state_mismatch(model.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"{source} does not match the released ACDiT layout: {problem}")
 
 
 def convert_acdit(
