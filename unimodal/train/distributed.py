@@ -8,6 +8,7 @@ Backend: NCCL on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 from dataclasses import dataclass
@@ -62,8 +63,28 @@ def init_distributed() -> DistInfo:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
+        atexit.register(shutdown_distributed)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def shutdown_distributed(sync: bool = False) -> None:
+    """Leave and destroy the default process group (idempotent).
+
+    Call it with `sync=True` at the end of a finished multi-process run, so every rank leaves the group
+    together; `init_distributed` also registers it (without the barrier, which could hang after another
+    rank failed) to run at exit. A gloo group left alive until interpreter teardown, or torn down while
+    a peer is still using it, can abort the process from a C++ destructor ("terminate called without an
+    active exception"), turning a finished run's exit status into -6.
+    """
+    if not dist.is_initialized():
+        return
+    if sync:
+        barrier()
+    try:
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - teardown is best effort; the run's result is already written
+        pass
 
 
 def barrier() -> None:
