@@ -34,10 +34,7 @@ class EvalContext:
 
     @property
     def schedule(self) -> NoiseSchedule:
-        from unimodal.diffusion.schedule import ScheduleConfig
-
-        cfg = self.checkpoint.config.get("schedule")
-        return NoiseSchedule(ScheduleConfig(**cfg) if cfg else None)
+        return NoiseSchedule(self.checkpoint.schedule)
 
     def cap(self, n: int | None) -> int | None:
         """`n` capped by --limit (None: no cap)."""

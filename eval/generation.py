@@ -27,8 +27,10 @@ from .task_config import EvalTaskConfig
 SAMPLING_KEYS = ("sampler", "steps", "cfg_scale", "sampler_kwargs")
 
 
-def sampling_of(task: EvalTaskConfig) -> VisualSampling:
-    return VisualSampling(**{k: v for k, v in task.generation.items() if k in SAMPLING_KEYS})
+def sampling_of(task: EvalTaskConfig, ctx: EvalContext) -> VisualSampling:
+    """The task's sampler settings over the checkpoint's own noise schedule."""
+    settings = {k: v for k, v in task.generation.items() if k in SAMPLING_KEYS}
+    return VisualSampling(**settings, schedule=ctx.checkpoint.schedule)
 
 
 def _generate(task: EvalTaskConfig, ctx: EvalContext, conditions: list, draw: Callable[[list, int], torch.Tensor]) -> torch.Tensor:
@@ -79,7 +81,7 @@ def run_class_to_image(task: EvalTaskConfig, ctx: EvalContext) -> Evidence:
     K = ctx.model.cfg.num_classes
     labels = [i % K for i in range(len(ref))]
     head = ClassToImage(ctx.visual, None)
-    sampling = sampling_of(task)
+    sampling = sampling_of(task, ctx)
     images = _generate(task, ctx, labels, lambda c, seed: head.generate(ctx.model, c, sampling, seed=seed))
 
     def targets(extractor) -> dict[str, np.ndarray]:
@@ -101,7 +103,7 @@ def run_text_to_image(task: EvalTaskConfig, ctx: EvalContext) -> Evidence:
     ref = load_records(task.dataset, task.split, task.options, ctx.cap(task.num_samples), task.seed, keep=has)
     captions = list(ref["caption"])
     head = TextToImage(ctx.visual, ctx.tokenizer)
-    sampling = sampling_of(task)
+    sampling = sampling_of(task, ctx)
     images = _generate(task, ctx, captions, lambda c, seed: head.generate(ctx.model, c, sampling, seed=seed))
 
     def targets(extractor) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ from .base import (
     RecordError,
     Task,
     build_image_bank,
+    decode_images,
     get_task_class,
     images_to_tokens,
     list_tasks,
@@ -18,7 +19,7 @@ from .understanding import VQA, Captioning
 from .video import ClassToVideo, build_video_bank
 
 __all__ = [
-    "TASKS", "ImageBank", "RecordError", "Task", "build_image_bank", "get_task_class", "images_to_tokens",
+    "TASKS", "ImageBank", "RecordError", "Task", "build_image_bank", "decode_images", "get_task_class", "images_to_tokens",
     "list_tasks", "register_task", "tokens_to_images", "ClassToImage", "TextToImage", "Captioning", "VQA",
     "TaskMixture", "TaskSpec", "build_batch_source", "build_mixture", "build_tokenizer", "load_bank",
     "ClassToVideo", "build_video_bank",

@@ -16,6 +16,7 @@ Sequence formats (ids of `<bos> <boi> <eoi> <eos>` come from the tokenizer):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -83,6 +84,22 @@ def tokens_to_images(tokens: torch.Tensor, visual: VisualConfig) -> torch.Tensor
     return unpatchify(tokens, g, g, visual.patch_size, visual.channels).clamp(-1, 1)
 
 
+def decode_images(tokens: torch.Tensor, visual: VisualConfig, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Generated (N, T, token_dim) tokens → (N, 3|C, H, W) images in [-1, 1].
+
+    Pixel-space tokens are unpatchified; latent tokens (`visual.vae_dir` set) are
+    unpatchified to the latent grid and decoded by the local AutoencoderKL.
+    """
+    if visual.vae_dir is None:
+        return tokens_to_images(tokens, visual)
+    from unimodal.tokenizers.visual import VAETokenizer, unpatchify
+
+    vae = VAETokenizer.from_pretrained(visual.vae_dir, device=device)
+    side = visual.grid * visual.patch_size
+    latents = unpatchify(tokens.float(), side, side, visual.patch_size, visual.channels)
+    return vae.decode(latents.to(device)).clamp(-1, 1).cpu()
+
+
 def build_image_bank(dataset: Any, visual: VisualConfig, name: str = "", batch: int = 512) -> ImageBank:
     """Tokenise every image of a `datasets.Dataset` (column `image`) for the pixel path.
 
@@ -142,6 +159,18 @@ class Task:
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text)
 
+    def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: Any, out: Path, stem: str) -> list[str]:
+        """Show what the model makes of records `indices` now (a training run's progress samples).
+
+        Writes files under `out` named from `stem` and returns the Markdown lines that present
+        them. The base class shows nothing: a head without a progress view is left out.
+
+        Args:
+            model: eval-mode model (the run's EMA weights).
+            schedule: the run's `ScheduleConfig` (generation samples with it).
+        """
+        return []
+
     num_classes: int | None = None  # set from the model config by the mixture: labels are checked against it
 
     def class_label(self, bank: ImageBank, index: int, rng: np.random.Generator) -> int:
@@ -152,6 +181,10 @@ class Task:
         if self.num_classes is not None and label >= self.num_classes:
             raise RecordError(f"{bank.name} record {index}: label {label} is out of range for a model of {self.num_classes} classes")
         return -1 if rng.random() < self.drop_prob else int(label)
+
+
+def model_device(model: Any) -> torch.device:
+    return next(model.parameters()).device
 
 
 def make_example(segments: list, tokens: torch.Tensor | None, label: int = -1) -> Example:

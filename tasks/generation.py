@@ -9,7 +9,15 @@ from unimodal.batch import Example
 from unimodal.generate import Generator, VisualSampling
 from unimodal.layout import Layout, Text
 
-from .base import ImageBank, RecordError, Task, make_example, register_task, tokens_to_images
+from pathlib import Path
+from typing import Any
+
+from unimodal.diffusion.schedule import ScheduleConfig
+from unimodal.media import save_image_grid
+
+from .base import ImageBank, RecordError, Task, decode_images, make_example, model_device, register_task, tokens_to_images
+
+PROGRESS_CFG = 1.5  # guidance of progress samples (the paper's for images)
 
 
 @register_task
@@ -32,6 +40,13 @@ class ClassToImage(Task):
     def generate(self, model, labels: list[int], sampling: VisualSampling, seed: int = 0) -> torch.Tensor:
         """Images (N, C, H, W) in [-1, 1] for the given class labels (pixel-space tokens)."""
         return tokens_to_images(self.generate_tokens(model, labels, sampling, seed), self.visual)
+
+    def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: ScheduleConfig, out: Path, stem: str) -> list[str]:
+        """A grid of samples for classes 0, 1, 2, ... (one per record picked), DPM-Solver++ 25 steps, CFG 1.5."""
+        labels = [i % model.cfg.num_classes for i in range(len(indices))]
+        tokens = self.generate_tokens(model, labels, VisualSampling(cfg_scale=PROGRESS_CFG, schedule=schedule))
+        save_image_grid(decode_images(tokens, self.visual, model_device(model)), out / f"{stem}.png", nrow=len(labels))
+        return [f"![{self.name}]({stem}.png)", "", f"Class labels, left to right: {labels}"]
 
 
 @register_task
@@ -67,3 +82,11 @@ class TextToImage(Task):
     def generate(self, model, captions: list[str], sampling: VisualSampling, seed: int = 0) -> torch.Tensor:
         """Images (N, C, H, W) in [-1, 1] for the captions (pixel-space tokens)."""
         return tokens_to_images(self.generate_tokens(model, captions, sampling, seed), self.visual)
+
+    def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: ScheduleConfig, out: Path, stem: str) -> list[str]:
+        """A grid of samples for the captions of the records picked, DPM-Solver++ 25 steps, CFG 1.5."""
+        captions = [str(bank.column("caption", i)) for i in indices]
+        tokens = self.generate_tokens(model, captions, VisualSampling(cfg_scale=PROGRESS_CFG, schedule=schedule))
+        save_image_grid(decode_images(tokens, self.visual, model_device(model)), out / f"{stem}.png", nrow=len(captions))
+        return [f"![{self.name}]({stem}.png)", "", "Prompts, left to right:", "",
+                *[f"{j}. {c}" for j, c in enumerate(captions, 1)]]

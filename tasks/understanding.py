@@ -9,7 +9,24 @@ from unimodal.batch import Example
 from unimodal.generate import Generator, TextSampling, decode_text_events
 from unimodal.layout import Layout, Text
 
-from .base import ImageBank, RecordError, Task, make_example, register_task
+from pathlib import Path
+from typing import Any
+
+from unimodal.media import save_image_grid
+
+from .base import ImageBank, RecordError, Task, decode_images, make_example, model_device, register_task
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    return ["| # | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|",
+            *[f"| {j} | " + " | ".join(cell(c) for c in r) + " |" for j, r in enumerate(rows, 1)]]
+
+
+def _input_grid(task: Task, model: Any, bank: ImageBank, indices: list[int], out: Path, stem: str) -> str:
+    images = decode_images(bank.tokens[indices], task.visual, model_device(model))
+    save_image_grid(images, out / f"{stem}.png", nrow=len(indices))
+    return f"![{task.name} inputs]({stem}.png)"
 
 
 class _ImageToText(Task):
@@ -55,6 +72,12 @@ class Captioning(_ImageToText):
         """Greedy captions for (N, T, C) image tokens."""
         return self._decode(model, tokens, [None] * len(tokens), max_new_tokens, batch_size)
 
+    def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: Any, out: Path, stem: str) -> list[str]:
+        """The records' images, and the model's greedy captions next to the truth."""
+        pred = self.predict(model, bank.tokens[indices])
+        rows = [[bank.column("caption", i), p] for i, p in zip(indices, pred)]
+        return [_input_grid(self, model, bank, indices, out, stem), "", *_table(["caption (truth)", "caption (model)"], rows)]
+
 
 @register_task
 class VQA(_ImageToText):
@@ -87,3 +110,11 @@ class VQA(_ImageToText):
         if len(questions) != len(tokens):
             raise ValueError(f"{len(questions)} questions for {len(tokens)} images")
         return self._decode(model, tokens, list(questions), max_new_tokens, batch_size)
+
+    def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: Any, out: Path, stem: str) -> list[str]:
+        """The records' images, one question each (fixed across steps), the model's answer next to the truth."""
+        rng = np.random.default_rng(0)
+        pairs = [self.pair(bank, i, rng) for i in indices]
+        pred = self.predict(model, bank.tokens[indices], [q for q, _ in pairs])
+        rows = [[q, a, p] for (q, a), p in zip(pairs, pred)]
+        return [_input_grid(self, model, bank, indices, out, stem), "", *_table(["question", "answer (truth)", "answer (model)"], rows)]

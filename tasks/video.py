@@ -24,6 +24,10 @@ from unimodal.generate import BlockEvent, Generator, VisualSampling
 from unimodal.layout import Video
 from unimodal.tokenizers.visual import patchify_video, unpatchify_video
 
+from pathlib import Path
+
+from unimodal.media import save_frame_grid
+
 from .base import ImageBank, RecordError, Task, make_example, register_task
 
 
@@ -158,3 +162,10 @@ class ClassToVideo(Task):
     ) -> torch.Tensor:
         """Videos (N, frames, C, H, W) in [-1, 1] for the given class labels."""
         return torch.cat(list(self.stream(model, labels, sampling, seed, frames, max_context)), 1)
+
+    def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: Any, out: Path, stem: str) -> list[str]:
+        """Two videos (classes 0 and 1) of the trained length as a frame grid, DPM-Solver++ 25 steps, CFG 2.5."""
+        labels = [i % model.cfg.num_classes for i in range(min(2, len(indices)))]
+        videos = self.generate(model, labels, VisualSampling(cfg_scale=2.5, schedule=schedule))
+        save_frame_grid(videos, out / f"{stem}.png")
+        return [f"![{self.name}]({stem}.png)", "", f"One row per video; class labels: {labels}"]

@@ -99,3 +99,32 @@ def test_latent_checkpoint_without_vae_is_refused(tmp_path, capsys):
     ck = save_checkpoint(tmp_path / "lat", m, visual=V, extra={"requires_vae": True})
     assert main(["sample", "--checkpoint", str(ck), "--class-label", "1", "--out", str(tmp_path / "g.png")]) == 2
     assert "--vae" in capsys.readouterr().err
+
+
+def test_sampling_uses_the_checkpoints_noise_schedule(tmp_path, monkeypatch):
+    """A v-prediction checkpoint must be sampled as v (sampled as ε it gives wrong images, silently)."""
+    import types
+
+    import unimodal.generate as G
+    from unimodal.diffusion.schedule import ScheduleConfig
+    from unimodal.eval.generation import sampling_of
+
+    sched = ScheduleConfig(prediction_type="v_prediction", beta_end=0.015)
+    m = randomize_(create_model("tiny", token_dim=V.token_dim, vocab_size=0, num_classes=3), std=0.02)
+    ck_dir = save_checkpoint(tmp_path / "v", m, visual=V, schedule=sched)
+    assert load_checkpoint(ck_dir).schedule == sched
+    seen = []
+    real = G.create_sampler
+
+    def spy(name, steps, schedule=None, **kw):
+        seen.append(schedule)
+        return real(name, steps, schedule, **kw)
+
+    monkeypatch.setattr(G, "create_sampler", spy)
+    assert main(["sample", "--checkpoint", str(ck_dir), "--class-label", "1", "--num", "2", "--steps", "2",
+                 "--out", str(tmp_path / "g.png"), "--grid-only"]) == 0
+    assert seen and all(s == sched for s in seen)
+    # the eval harness samples with the checkpoint's schedule too
+    task = types.SimpleNamespace(generation={"sampler": "ddim", "steps": 5, "cfg_scale": 2.0, "batch_size": 8})
+    s = sampling_of(task, types.SimpleNamespace(checkpoint=load_checkpoint(ck_dir)))
+    assert (s.sampler, s.steps, s.cfg_scale, s.schedule) == ("ddim", 5, 2.0, sched)

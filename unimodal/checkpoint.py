@@ -130,6 +130,14 @@ class Checkpoint:
     tokenizer_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def schedule(self) -> Any:
+        """The noise schedule the model was trained with (`ScheduleConfig`; ACDiT's defaults if not recorded)."""
+        from .diffusion.schedule import ScheduleConfig
+
+        cfg = self.config.get("schedule")
+        return ScheduleConfig(**cfg) if cfg else ScheduleConfig()
+
 
 def read_weights(file: Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file; a truncated or foreign file is a CheckpointError naming it."""

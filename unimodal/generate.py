@@ -29,6 +29,7 @@ import torch
 
 from .batch import Example, SequenceBatch, collate
 from .diffusion.samplers import classifier_free_guidance, create_sampler
+from .diffusion.schedule import ScheduleConfig
 from .layout import IMAGE, PAD, PAD_DOC, TEXT, VIDEO, Image, Layout, Video, span_positions
 from .model import ACDiT, KVCache, ModelOutput
 
@@ -193,6 +194,9 @@ class VisualSampling:
     steps: int = 25
     cfg_scale: float = 1.0  # 1: no guidance
     sampler_kwargs: dict = field(default_factory=dict)
+    # the noise schedule the model was trained with (betas, ε or v prediction): a checkpoint's
+    # `Checkpoint.schedule`. None: ACDiT's defaults. Sampling a v-model as ε is silently wrong.
+    schedule: ScheduleConfig | None = None
 
 
 def sample_next(logits: torch.Tensor, s: TextSampling, generator: torch.Generator | None) -> torch.Tensor:
@@ -368,7 +372,7 @@ class Generator:
         shape = Video((window + 1) * full.frames_per_block, full.h, full.w, full.frames_per_block, noisy=False) if sliding else full
         lay = Layout([shape])
         modality = IMAGE if isinstance(segment, Image) else VIDEO
-        sampler = create_sampler(sampling.sampler, sampling.steps, **sampling.sampler_kwargs)
+        sampler = create_sampler(sampling.sampler, sampling.steps, sampling.schedule, **sampling.sampler_kwargs)
         doc = torch.where(rows, 0, PAD_DOC)
         out_tokens = torch.zeros(self.B, full.num_tokens, C, device=self.device) if collect else None
         # shared: class guidance with one cache, [cond; uncond] stacked on the batch.

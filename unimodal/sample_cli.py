@@ -41,8 +41,8 @@ def run_sample(args: argparse.Namespace) -> list[Path]:
         visual = VisualConfig.from_dict({**visual.__dict__, "vae_dir": args.vae})
     if ckpt.extra.get("requires_vae") and visual.vae_dir is None:
         raise ValueError(f"checkpoint {args.checkpoint!r} generates VAE latents: pass --vae DIR (a local AutoencoderKL directory)")
-    sampling = VisualSampling(args.sampler, args.steps, args.cfg)
-    from unimodal.tasks import ClassToImage, TextToImage, tokens_to_images  # formats live in the task heads
+    sampling = VisualSampling(args.sampler, args.steps, args.cfg, schedule=ckpt.schedule)
+    from unimodal.tasks import ClassToImage, TextToImage, decode_images  # formats live in the task heads
 
     if args.class_label is not None:
         if cfg.num_classes == 0:
@@ -62,15 +62,7 @@ def run_sample(args: argparse.Namespace) -> list[Path]:
         if tok.vocab_size != cfg.vocab_size:
             raise ValueError(f"tokenizer vocabulary {tok.vocab_size} does not match the model's {cfg.vocab_size}")
         tokens = TextToImage(visual, tok).generate_tokens(model, [args.prompt] * args.num, sampling, seed=args.seed)
-    if visual.vae_dir is None:
-        images = tokens_to_images(tokens, visual)
-    else:  # latent tokens: unpatchify to the latent grid, then decode with the local VAE
-        from .tokenizers.visual import VAETokenizer, unpatchify
-
-        vae = VAETokenizer.from_pretrained(visual.vae_dir, device=device)
-        side = visual.grid * visual.patch_size
-        latents = unpatchify(tokens.float(), side, side, visual.patch_size, visual.channels)
-        images = vae.decode(latents.to(device)).clamp(-1, 1)
+    images = decode_images(tokens, visual, device)  # pixels, or latents through the local VAE
     from .media import save_image_grid
 
     return save_image_grid(images, args.out, individual=not args.grid_only)

@@ -29,7 +29,6 @@ class NaNOnRank1(SyntheticDigits):
 
 def main() -> None:
     from unimodal.train import TrainingDiverged, train
-    from unimodal.train.distributed import shutdown_distributed
 
     out, batch_size, steps = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     rank = int(os.environ["RANK"])
@@ -43,7 +42,6 @@ def main() -> None:
     except TrainingDiverged as e:
         result["nan_error"] = str(e)
     (out / f"rank{rank}.json").write_text(json.dumps(result))
-    shutdown_distributed(sync=True)
 
 
 if __name__ == "__main__":

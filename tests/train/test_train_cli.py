@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image as PILImage
 
 from unimodal.checkpoint import load_checkpoint
 from unimodal.cli import main
+from unimodal.data import load_dataset
 from unimodal.train.checkpoints import list_checkpoints
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -80,7 +82,7 @@ def test_the_easyvqa_recipe_runs_from_the_command_line(tmp_path, capsys):
     The recipe warms up for 100 steps, so a 2-step run sets warmup_steps=0 (warmup longer than the run is refused)."""
     out = tmp_path / "easyvqa"
     argv = ["train", "--config", str(REPO / "configs/train/easyvqa_tiny.yaml"), "steps=2", "batch_size=4",
-            "warmup_steps=0", "progress=false", "tensorboard=false", f"out_dir={out}"]
+            "warmup_steps=0", "progress=false", "tensorboard=false", "sample_every=1", f"out_dir={out}"]
     assert main(argv) == 0
     ck_dir = out / "checkpoints" / "step_0000002"
     assert f"trained to step 2; checkpoint: {ck_dir}" in capsys.readouterr().out
@@ -91,3 +93,16 @@ def test_the_easyvqa_recipe_runs_from_the_command_line(tmp_path, capsys):
     lines = metrics(out)
     assert [x["step"] for x in lines] == [2]  # log_every 20: the run's last step closes the window
     assert lines[0]["text"] > 0 and lines[0]["diffusion"] > 0
+    # progress samples after every step: one section per task, the same records at every step
+    pages = [(out / "samples" / f"step_000000{s}" / "samples.md").read_text() for s in (1, 2)]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_0000001", "step_0000002"]  # no partials
+    for page in pages:
+        for k, name in enumerate(["text_to_image", "captioning", "vqa"]):
+            assert f"## {name} (easyvqa/train)" in page and f"]({k}_{name}.png)" in page
+    truth = lambda page: [r.split(" | ")[1] for r in page.splitlines() if r.startswith("| ") and not r.startswith("| #")]  # noqa: E731
+    assert truth(pages[0]) == truth(pages[1]) and len(truth(pages[0])) == 16  # 8 captions + 8 questions
+    ds = load_dataset("easyvqa", "train")
+    captions = set(ds["caption"])
+    assert all(c in captions for c in truth(pages[0])[:8])
+    for k, name in enumerate(["text_to_image", "captioning", "vqa"]):
+        assert PILImage.open(out / "samples" / "step_0000002" / f"{k}_{name}.png").size == (2 + 8 * 34, 34 + 2)

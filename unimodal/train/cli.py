@@ -38,9 +38,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 1
     import torch.distributed as dist
 
-    from .distributed import shutdown_distributed
-
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(f"trained to step {result.step}; checkpoint: {result.checkpoint}")
-    shutdown_distributed(sync=True)
     return 0

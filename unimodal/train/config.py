@@ -76,7 +76,7 @@ class TrainConfig:
     ckpt_every: int = 1000  # steps between checkpoints (one is always written at the end)
     keep_last: int = 3  # checkpoints kept; 0 keeps all
     log_every: int = 10  # steps between metrics lines
-    sample_every: int = 0  # steps between sample_hook calls; 0 never
+    sample_every: int = 0  # steps between progress samples (out_dir/samples/step_N/samples.md); 0 never
     seed: int = 0  # model init, data order, noise and timesteps
     progress: bool = True  # tqdm bar on rank 0
     tensorboard: bool = True  # also log to TensorBoard when torch.utils.tensorboard imports

@@ -68,19 +68,17 @@ def init_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
-def shutdown_distributed(sync: bool = False) -> None:
-    """Leave and destroy the default process group (idempotent).
+def shutdown_distributed() -> None:
+    """Destroy the default process group, if any (`init_distributed` registers this to run at exit).
 
-    Call it with `sync=True` at the end of a finished multi-process run, so every rank leaves the group
-    together; `init_distributed` also registers it (without the barrier, which could hang after another
-    rank failed) to run at exit. A gloo group left alive until interpreter teardown, or torn down while
-    a peer is still using it, can abort the process from a C++ destructor ("terminate called without an
-    active exception"), turning a finished run's exit status into -6.
+    A gloo group left alive until interpreter teardown can abort the process from a C++
+    destructor ("terminate called without an active exception"), turning a finished run's
+    exit status into -6. `train` also ends with a barrier, so no rank exits while a peer
+    still has collectives in flight. The group is kept until exit (not destroyed when a run
+    ends) because DeepSpeed caches it for further runs in the same process.
     """
     if not dist.is_initialized():
         return
-    if sync:
-        barrier()
     try:
         dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - teardown is best effort; the run's result is already written

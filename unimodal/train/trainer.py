@@ -48,7 +48,7 @@ class BatchSource(Protocol):
     def batch(self, step: int, rank: int, world_size: int, batch_size: int) -> SequenceBatch: ...
 
 
-SampleHook = Callable[[int, torch.nn.Module], None]  # (step, fp32 eval-mode model with the EMA weights)
+SampleHook = Callable[[int, torch.nn.Module], Any]  # (step, fp32 eval-mode model with the EMA weights); a Path is logged
 StepHook = Callable[[int, torch.nn.Module, dict[str, float]], None]  # (step, engine.module, record), every rank
 
 
@@ -108,6 +108,16 @@ def build_tokenizer(cfg: TrainConfig) -> Any:
     except ImportError:
         return None
     return data_tokenizer(cfg)
+
+
+def default_sample_hook(source: BatchSource, out: Path, schedule: Any) -> SampleHook | None:
+    """Progress samples of every task in a task mixture (`unimodal.tasks.progress`); None for other sources."""
+    try:
+        from unimodal.tasks import TaskMixture
+        from unimodal.tasks.progress import ProgressSamples
+    except ImportError:
+        return None
+    return ProgressSamples(source, out, schedule) if isinstance(source, TaskMixture) else None
 
 
 def build_source(cfg: TrainConfig, model_cfg: ModelConfig, tokenizer: Any) -> BatchSource:
@@ -171,7 +181,8 @@ def train(
         resume: None (fresh start), "auto" (newest complete checkpoint under out_dir/checkpoints, else fresh)
             or a checkpoint directory.
         sample_hook: called on rank 0 every `sample_every` steps with a fresh fp32 eval-mode model holding
-            the EMA weights (the live weights when the EMA is off).
+            the EMA weights (the live weights when the EMA is off). Default for a task mixture:
+            `unimodal.tasks.progress.ProgressSamples` (image grids, captions, VQA answers under out_dir/samples/).
         step_hook: called on every rank after every optimizer step with (step, engine.module, record).
 
     Returns:
@@ -190,6 +201,8 @@ def train(
     schedule = NoiseSchedule(cfg.schedule_config())
     weights = cfg.loss_weights()
     source = batch_source if batch_source is not None else build_source(cfg, model_cfg, tokenizer)
+    if sample_hook is None and cfg.sample_every and info.is_main:
+        sample_hook = default_sample_hook(source, out, schedule.config)
 
     resume_dir = broadcast_object(ckpt.resolve_resume(resume, root) if info.is_main else None)
     if info.is_main:
@@ -269,10 +282,13 @@ def train(
                 step_hook(done, engine.module, record)
             log.step(record)
             if cfg.sample_every and done % cfg.sample_every == 0:
-                _run_sample_hook(sample_hook, done, engine.module, ema, model_cfg, info)
+                shown = _run_sample_hook(sample_hook, done, engine.module, ema, model_cfg, info)
+                if isinstance(shown, Path):
+                    log.message(f"samples: {shown / 'samples.md'}")
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
                 last_ckpt = save(done)
                 log.message(f"saved {last_ckpt}")
+        barrier()  # every rank leaves the run together: none exits with a peer's collective in flight
     finally:
         if log is not None:
             log.close()
@@ -343,17 +359,17 @@ def _tokenizer_dir(cfg: TrainConfig, tokenizer: Any, out: Path, info: DistInfo) 
 
 def _run_sample_hook(
     hook: SampleHook | None, step: int, module: torch.nn.Module, ema: EMA | None, model_cfg: ModelConfig, info: DistInfo
-) -> None:
-    """Rank 0 calls `hook` with a fresh fp32 model holding the EMA (else the live) weights."""
+) -> Any:
+    """Rank 0 calls `hook` with a fresh fp32 model holding the EMA (else the live) weights; returns what it returns."""
     if ema is None:
         state = full_state(module, keep=info.is_main)  # a collective under ZeRO-3: every rank takes part
     elif info.is_main:
         state = ema.state_dict()
     if not info.is_main or hook is None:
-        return
+        return None
     model = ACDiT(model_cfg)
     load_state_into(model, state, f"weights at step {step}")
-    hook(step, model.to(info.device).eval())
+    return hook(step, model.to(info.device).eval())
 
 
 def _destroy(engine: Any) -> None:
