@@ -15,7 +15,11 @@ Sequence formats (ids of `<bos> <boi> <eoi> <eos>` come from the tokenizer):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -84,6 +88,24 @@ def tokens_to_images(tokens: torch.Tensor, visual: VisualConfig) -> torch.Tensor
     return unpatchify(tokens, g, g, visual.patch_size, visual.channels).clamp(-1, 1)
 
 
+@functools.lru_cache(maxsize=4)
+def _vae(vae_dir: str, device: str) -> Any:
+    from unimodal.tokenizers.visual import VAETokenizer
+
+    return VAETokenizer.from_pretrained(vae_dir, device=device)
+
+
+def bank_vae(visual: VisualConfig, device: str | torch.device = "cpu") -> Any:
+    """The local AutoencoderKL of a latent-space visual config (loaded once per process), checked against it."""
+    vae = _vae(str(visual.vae_dir), str(device))
+    if vae.latent_channels != visual.channels or vae.downsample_factor != visual.vae_downsample:
+        raise ValueError(
+            f"VAE at {visual.vae_dir} has {vae.latent_channels} latent channels and downsamples {vae.downsample_factor}x, "
+            f"but the visual config says channels={visual.channels}, vae_downsample={visual.vae_downsample}"
+        )
+    return vae
+
+
 def decode_images(tokens: torch.Tensor, visual: VisualConfig, device: str | torch.device = "cpu") -> torch.Tensor:
     """Generated (N, T, token_dim) tokens → (N, 3|C, H, W) images in [-1, 1].
 
@@ -92,26 +114,51 @@ def decode_images(tokens: torch.Tensor, visual: VisualConfig, device: str | torc
     """
     if visual.vae_dir is None:
         return tokens_to_images(tokens, visual)
-    from unimodal.tokenizers.visual import VAETokenizer, unpatchify
-
-    vae = VAETokenizer.from_pretrained(visual.vae_dir, device=device)
     side = visual.grid * visual.patch_size
     latents = unpatchify(tokens.float(), side, side, visual.patch_size, visual.channels)
-    return vae.decode(latents.to(device)).clamp(-1, 1).cpu()
+    return bank_vae(visual, device).decode(latents.to(device)).clamp(-1, 1).cpu()
 
 
-def build_image_bank(dataset: Any, visual: VisualConfig, name: str = "", batch: int = 512) -> ImageBank:
-    """Tokenise every image of a `datasets.Dataset` (column `image`) for the pixel path.
+def _latent_cache_file(dataset: Any, visual: VisualConfig) -> Path | None:
+    """Where a dataset's latent tokens are cached: keyed by its fingerprint, the VAE's files and the visual config."""
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if not fingerprint:
+        return None
+    from unimodal.data.registry import cache_root
 
-    Images are converted to `visual.channels` channels and resized (or zero-padded
-    when smaller, e.g. Fashion-MNIST 28 → 32) to `visual.image_size`.
+    h = hashlib.sha256(json.dumps({"dataset": fingerprint, "visual": asdict(visual)}, sort_keys=True).encode())
+    root = Path(str(visual.vae_dir))
+    for f in sorted(root.iterdir()):
+        if f.is_file() and (f.name == "config.json" or f.name.startswith("diffusion_pytorch_model")):
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+    return cache_root() / "latents" / f"{h.hexdigest()[:20]}.safetensors"
+
+
+def build_image_bank(dataset: Any, visual: VisualConfig, name: str = "", batch: int = 512, vae_batch: int = 64) -> ImageBank:
+    """Tokenise every image of a `datasets.Dataset` (column `image`).
+
+    Pixel path: images are converted to `visual.channels` channels and resized (or
+    zero-padded when smaller, e.g. Fashion-MNIST 28 → 32) to `visual.image_size`.
+    Latent path (`visual.vae_dir`): RGB images at `visual.image_size` are encoded by
+    the local AutoencoderKL (posterior mean, scaled) and the latents patchified. A
+    dataset is encoded once: its latent tokens are cached under
+    `<cache>/latents/` (keyed by the dataset's fingerprint, the VAE's files and the
+    visual config) and written by atomic rename.
     """
     from unimodal.data.transforms import to_tensor_images
 
-    if visual.vae_dir:
-        raise ValueError("the built-in task heads tokenise pixels; encode latents with VAETokenizer for vae_dir")
     if "image" not in dataset.column_names:
         raise RecordError(f"dataset {name!r} has no 'image' column; columns: {dataset.column_names}")
+    cols = {c: dataset[c] for c in dataset.column_names if c != "image"}
+    vae = bank_vae(visual) if visual.vae_dir else None
+    cache = _latent_cache_file(dataset, visual) if vae is not None else None
+    if cache is not None and cache.is_file():
+        from safetensors.torch import load_file
+
+        return ImageBank(load_file(cache)["tokens"], cols, name)
     out = []
     for start in range(0, len(dataset), batch):
         imgs = dataset[start : start + batch]["image"]
@@ -119,9 +166,19 @@ def build_image_bank(dataset: Any, visual: VisualConfig, name: str = "", batch: 
         s = visual.image_size
         pad = s if w < s else None
         size = None if w == s or pad else s
-        out.append(images_to_tokens(to_tensor_images(imgs, size=size, channels=visual.channels, pad_to=pad), visual))
-    cols = {c: dataset[c] for c in dataset.column_names if c != "image"}
-    return ImageBank(torch.cat(out), cols, name)
+        x = to_tensor_images(imgs, size=size, channels=3 if vae is not None else visual.channels, pad_to=pad)
+        if vae is not None:
+            x = torch.cat([vae.encode(x[i : i + vae_batch]).float().cpu() for i in range(0, len(x), vae_batch)])
+        out.append(images_to_tokens(x, visual))
+    tokens = torch.cat(out)
+    if cache is not None:
+        from safetensors.torch import save_file
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+        save_file({"tokens": tokens.contiguous()}, str(tmp))
+        os.replace(tmp, cache)
+    return ImageBank(tokens, cols, name)
 
 
 class Task:

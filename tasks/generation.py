@@ -15,7 +15,7 @@ from typing import Any
 from unimodal.diffusion.schedule import ScheduleConfig
 from unimodal.media import save_image_grid
 
-from .base import ImageBank, RecordError, Task, decode_images, make_example, model_device, register_task, tokens_to_images
+from .base import ImageBank, RecordError, Task, decode_images, make_example, model_device, register_task
 
 PROGRESS_CFG = 1.5  # guidance of progress samples (the paper's for images)
 
@@ -38,8 +38,8 @@ class ClassToImage(Task):
         return g.generate_visual(self.image_segment(False), sampling, class_labels=torch.tensor(labels)).cpu()
 
     def generate(self, model, labels: list[int], sampling: VisualSampling, seed: int = 0) -> torch.Tensor:
-        """Images (N, C, H, W) in [-1, 1] for the given class labels (pixel-space tokens)."""
-        return tokens_to_images(self.generate_tokens(model, labels, sampling, seed), self.visual)
+        """Images (N, C, H, W) in [-1, 1] for the given class labels (latent tokens decoded by the VAE)."""
+        return decode_images(self.generate_tokens(model, labels, sampling, seed), self.visual, model_device(model))
 
     def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: ScheduleConfig, out: Path, stem: str) -> list[str]:
         """A grid of samples for classes 0, 1, 2, ... (one per record picked), DPM-Solver++ 25 steps, CFG 1.5."""
@@ -80,8 +80,8 @@ class TextToImage(Task):
         return g.generate_visual(self.image_segment(False), sampling).cpu()
 
     def generate(self, model, captions: list[str], sampling: VisualSampling, seed: int = 0) -> torch.Tensor:
-        """Images (N, C, H, W) in [-1, 1] for the captions (pixel-space tokens)."""
-        return tokens_to_images(self.generate_tokens(model, captions, sampling, seed), self.visual)
+        """Images (N, C, H, W) in [-1, 1] for the captions (latent tokens decoded by the VAE)."""
+        return decode_images(self.generate_tokens(model, captions, sampling, seed), self.visual, model_device(model))
 
     def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: ScheduleConfig, out: Path, stem: str) -> list[str]:
         """A grid of samples for the captions of the records picked, DPM-Solver++ 25 steps, CFG 1.5."""

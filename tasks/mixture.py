@@ -162,7 +162,7 @@ def build_batch_source(train_cfg: Any, model_cfg: Any, visual_cfg: VisualConfig,
     mix = build_mixture(list(train_cfg.tasks), visual_cfg, tokenizer, seed=int(train_cfg.seed))
     for task in mix.tasks:
         task.num_classes = model_cfg.num_classes if model_cfg.num_classes > 0 else None
-    mix.skip_bad_records = bool(getattr(train_cfg, "skip_bad_records", False))
+    mix.skip_bad_records = bool(getattr(train_cfg, "skip_bad_records", False))  # TrainConfig fields; other configs may lack them
     mix.pack_tokens = getattr(train_cfg, "pack_tokens", None)
     return mix
 

@@ -44,6 +44,8 @@ def test_overrides_dotted_prefixed_and_yaml_typed(tmp_path):
         ("schedule=linear", r"TrainConfig.schedule='linear'.*wsd"),
         ("zero_stage=4", r"zero_stage=4"),
         ("seed=-1", r"TrainConfig.seed=-1 is invalid: must be >= 0"),
+        ("pack_tokens=0", r"TrainConfig.pack_tokens=0 is invalid: must be a positive token count"),
+        ("skip_bad_records=maybe", r"TrainConfig.skip_bad_records"),
         ("ema_decay=1", r"ema_decay=1 is invalid"),
         ("visual.image_sz=8", r"visual.image_sz.*Did you mean 'visual.image_size'"),
         ("visual.patch_size=5", r"TrainConfig.visual: .*patch_size=5"),

@@ -53,6 +53,8 @@ class TrainConfig:
     batch_size: int = 32  # examples per rank per micro-step; global batch = batch_size * grad_accum * world
     grad_accum: int = 1  # micro-steps per optimizer step
     steps: int = 10000  # optimizer steps of the whole run
+    pack_tokens: int | None = None  # pack examples first-fit into rows of this many tokens; None: pad each to the longest
+    skip_bad_records: bool = False  # skip (and count) records a task cannot use instead of stopping with their error
     # --- optimiser: AdamW ------------------------------------------------------------------
     lr: float = 3e-4  # peak learning rate (paper)
     weight_decay: float = 0.0  # paper: none; when > 0 only matrices decay
@@ -95,6 +97,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "steps", "ckpt_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} is invalid: must be > 0")
+        if self.pack_tokens is not None and self.pack_tokens <= 0:
+            raise ConfigError(f"TrainConfig.pack_tokens={self.pack_tokens} is invalid: must be a positive token count or null")
         for name in ("warmup_steps", "keep_last", "sample_every", "seed", "lr", "weight_decay", "clip_grad", "adam_eps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} is invalid: must be >= 0")

@@ -82,7 +82,10 @@ def example_seed(seed: int, step: int, index: int, stream: int) -> int:
 def example_noise(
     batch: SequenceBatch, schedule: NoiseSchedule, seed: int, step: int, first_index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Timesteps (B, NB) and noise (B, L, C) of each row from its own generators (row i is example first_index + i)."""
+    """Timesteps (B, NB) and noise (B, L, C) of each row from its own generators (row i: index first_index + i).
+
+    Without packing row i is example first_index + i; packed rows hold several examples each.
+    """
     B, L = batch.shape
     NB, C = batch.t.shape[1], batch.visual.shape[-1]
     t = torch.empty(B, NB, dtype=torch.long)
@@ -257,7 +260,7 @@ def train(
             for micro in range(gas):
                 vrank = micro * world + info.rank  # this micro-batch's slice of the global batch
                 batch = source.batch(step, vrank, world * gas, B).to(info.device)
-                t, noise = example_noise(batch, schedule, cfg.seed, step, vrank * batch.shape[0])
+                t, noise = example_noise(batch, schedule, cfg.seed, step, vrank * B)  # rows <= B even when packed
                 parts = compute_loss(engine, batch, schedule, weights, t=t, noise=noise)
                 stats = _global_stats(parts, batch, info.device)  # a collective: every rank learns of a NaN anywhere
                 bad = [f"{k} is NaN/inf on {int(stats[3 * j + 2])} rank(s)" for j, k in enumerate(LOSS_PARTS) if stats[3 * j + 2]]
