@@ -5,9 +5,11 @@ punctuation removed (or turned into a space where it glues two words);
 periods dropped unless part of a number; lower case; number words to digits;
 articles dropped; contractions restored ("dont" → "don't").
 
-Accuracy: with several reference answers (VQA v2 has 10 per question) an
-answer scores min(#matching references / 3, 1); with one reference (easy-VQA)
-it is exact match after normalisation.
+Accuracy: with several reference answers (VQA v2 has 10 per question) the
+official leave-one-out average: for each reference, min(#matches among the
+*other* references / 3, 1), averaged over the references (so 3 matches of 10
+score 0.9, 4 or more score 1). With one reference (easy-VQA) it is exact match
+after normalisation.
 """
 
 from __future__ import annotations
@@ -62,12 +64,16 @@ def normalize_answer(answer: str) -> str:
 
 @register_metric("vqa_accuracy", aggregation="mean", higher_is_better=True, inputs="text")
 def vqa_accuracy(prediction: str, references: list[str]) -> float:
-    """VQA accuracy: min(#matching references / 3, 1); exact match when there is one reference."""
+    """VQA accuracy: the official leave-one-out mean of min(#other matching references / 3, 1).
+
+    Exact match (after normalisation) when there is one reference.
+    """
     pred = normalize_answer(prediction)
-    matches = sum(normalize_answer(r) == pred for r in references)
+    hits = [normalize_answer(r) == pred for r in references]
     if len(references) == 1:
-        return float(matches)
-    return min(matches / 3.0, 1.0)
+        return float(hits[0])
+    matches = sum(hits)
+    return sum(min((matches - h) / 3.0, 1.0) for h in hits) / len(hits)
 
 
 @register_metric("exact_match", aggregation="mean", higher_is_better=True, inputs="text")

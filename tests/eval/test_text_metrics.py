@@ -30,11 +30,11 @@ def test_vqa_normalisation(raw, expected):
 
 def test_vqa_accuracy_rules():
     ten = ["2"] * 2 + ["two"] + ["3"] * 7  # three annotators said two (in two spellings)
-    assert vqa_accuracy("Two", ten) == 1.0
-    assert vqa_accuracy("3", ten) == 1.0
+    assert vqa_accuracy("Two", ten) == pytest.approx(0.9)  # 3 of 10: leave-one-out (3 x 2/3 + 7 x 1) / 10
+    assert vqa_accuracy("3", ten) == 1.0  # 7 of 10: every 9-subset still has >= 3
     assert vqa_accuracy("4", ten) == 0.0
-    assert vqa_accuracy("2", ["2", "3", "3", "3"]) == pytest.approx(1 / 3)
-    assert vqa_accuracy("2", ["2", "2", "3"]) == pytest.approx(2 / 3)
+    assert vqa_accuracy("2", ["2", "3", "3", "3"]) == pytest.approx(0.25)  # (0 + 3 x 1/3) / 4
+    assert vqa_accuracy("2", ["2", "2", "3"]) == pytest.approx(4 / 9)  # (1/3 + 1/3 + 2/3) / 3
     # one reference (easy-VQA): exact match after normalisation
     assert vqa_accuracy("The Circle.", ["circle"]) == 1.0
     assert vqa_accuracy("square", ["circle"]) == 0.0
@@ -76,3 +76,25 @@ def test_cider_d_single_image_value():
     # Image 1 is exact but two words long: unigram and bigram cosines 1, no 3- or 4-grams.
     score = cider_d(["red box", "blue square"], refs)
     assert score == pytest.approx((10 * (0.5 / 4) + 10 * (2 / 4)) / 2)
+
+
+def official_vqa_accuracy(prediction: str, references: list[str]) -> float:
+    """The loop of the official vqaEval.py, on answer records with ids (brute-force reference)."""
+    gts = [{"answer": normalize_answer(a), "answer_id": i} for i, a in enumerate(references)]
+    res = normalize_answer(prediction)
+    accs = []
+    for gt in gts:
+        others = [item for item in gts if item != gt]
+        accs.append(min(1.0, len([item for item in others if item["answer"] == res]) / 3))
+    return sum(accs) / len(accs)
+
+
+def test_vqa_accuracy_equals_the_official_leave_one_out_loop():
+    import random
+
+    rng = random.Random(0)
+    vocab = ["2", "two", "3", "yes", "no", "a cat", "cats", "Red."]
+    for _ in range(500):
+        refs = [rng.choice(vocab) for _ in range(rng.choice([2, 3, 5, 10]))]
+        pred = rng.choice(vocab + ["none of these"])
+        assert vqa_accuracy(pred, refs) == pytest.approx(official_vqa_accuracy(pred, refs)), (pred, refs)
