@@ -14,7 +14,7 @@ JSON and a PNG plot go to benchmarks/results/. The paper's setting is the `S`
 preset for thousands of steps (GPU); `--preset tiny --steps 300` is what fits a
 2-core CPU in minutes, and the figures then show the trend only roughly.
 
-    python benchmarks/block_size_study.py [--preset S] [--steps 2000] [--batch 64] [--limit 1000]
+    python benchmarks/block_size_study.py [--preset S] [--steps 2000] [--batch 64] [--limit 1000] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -46,14 +46,14 @@ def run_one(tokens: int, args: argparse.Namespace, out_root: Path) -> dict:
         config_file("train/fashion_mnist_S.yaml"),
         [f"model={args.preset}", f"steps={args.steps}", f"batch_size={args.batch}", f"warmup_steps={min(200, args.steps // 10)}",
          f"visual.block_h={bh}", f"visual.block_w={bw}", f"out_dir={out_root / f'block{tokens}'}",
-         f"ckpt_every={args.steps}", "progress=false", f"ema_decay={args.ema}"],
+         f"ckpt_every={args.steps}", "progress=false", f"ema_decay={args.ema}", *args.set],
     )
     t0 = time.perf_counter()
     res = train(cfg)
     train_s = time.perf_counter() - t0
     ckpt = load_checkpoint(res.checkpoint)
     task = ClassToImage(ckpt.visual, None)
-    sampling = VisualSampling("dpm++", 25, 1.5)
+    sampling = VisualSampling("dpm++", 25, 1.5, schedule=ckpt.schedule)
     labels = list(range(10)) * 2
     task.generate(ckpt.model, labels[:2], sampling)  # warm-up
     t0 = time.perf_counter()
@@ -118,11 +118,14 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--blocks", default="1,4,16,64", help="tokens per block to study")
     ap.add_argument("--out", default="runs/block_size_study")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="further recipe overrides, e.g. --set diffusion.prediction_type=v_prediction (repeatable)")
     args = ap.parse_args()
     rows = [run_one(int(b), args, Path(args.out)) for b in args.blocks.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(rows, RESULTS / "block_size_study.png")
-    save("block_size_study", {"preset": args.preset, "steps": args.steps, "batch": args.batch, "limit": args.limit, "results": rows})
+    save("block_size_study", {"preset": args.preset, "steps": args.steps, "batch": args.batch, "limit": args.limit,
+                              "overrides": args.set, "results": rows})
 
 
 if __name__ == "__main__":
