@@ -29,7 +29,7 @@ def test_every_train_recipe_is_a_valid_config():
     from unimodal.train.config import TrainConfig
 
     recipes = sorted((ROOT / "configs" / "train").glob("*.yaml"))
-    assert {p.stem for p in recipes} >= {"easyvqa_tiny", "fashion_mnist_S", "imagenet256_XL"}
+    assert {p.stem for p in recipes} >= {"easyvqa_tiny", "fashion_mnist_cpu", "fashion_mnist_S", "imagenet256_XL"}
     for p in recipes:
         cfg = TrainConfig.from_file(p)
         assert cfg.tasks and cfg.visual_config().token_dim > 0
@@ -37,7 +37,7 @@ def test_every_train_recipe_is_a_valid_config():
 
 @pytest.mark.slow
 def test_fashion_mnist_recipe_runs_and_resumes(tmp_path):
-    args = ["train", "--config", str(ROOT / "configs/train/fashion_mnist_S.yaml"), "model=tiny", "steps=1",
+    args = ["train", "--config", str(ROOT / "configs/train/fashion_mnist_cpu.yaml"), "steps=1",
             "batch_size=4", "warmup_steps=0", "progress=false", f"out_dir={tmp_path}"]
     assert main([*args, "--resume", "auto"]) == 0
     assert main([*[a if a != "steps=1" else "steps=2" for a in args], "--resume", "auto"]) == 0
