@@ -149,3 +149,19 @@ def test_stream_yields_frames_block_by_block_and_matches_generate() -> None:
     torch.testing.assert_close(video, torch.cat(chunks, 1))
     with pytest.raises(ValueError, match="multiple of frames_per_block=2"):
         task.generate(m, [1], s, frames=5)
+
+
+def test_progress_samples_show_a_frame_grid_per_step(banks, tmp_path) -> None:
+    """The training run's progress page for class→video: two videos of the trained length as a frame grid."""
+    from PIL import Image as PILImage
+
+    from unimodal.tasks.progress import ProgressSamples
+
+    train, _ = banks
+    mix = TaskMixture([(ClassToVideo(VISUAL), 1.0, train)], VISUAL.token_dim, seed=0)
+    shown = ProgressSamples(mix, tmp_path, num=3)(7, video_model(token_dim=VISUAL.token_dim))
+    assert shown == tmp_path / "samples" / "step_0000007"
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_0000007"]  # no partial left behind
+    page = (shown / "samples.md").read_text()
+    assert "## class_to_video (moving_fmnist/train)" in page and "class labels: [0, 1]" in page
+    assert PILImage.open(shown / "0_class_to_video.png").size == (2 + 8 * 34, 2 + 2 * 34)  # 8 frames x 2 videos
