@@ -12,6 +12,7 @@ import atexit
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -69,16 +70,23 @@ def init_distributed() -> DistInfo:
 
 
 def shutdown_distributed() -> None:
-    """Destroy the default process group, if any (`init_distributed` registers this to run at exit).
+    """Leave and destroy the default process group, if any (`init_distributed` registers this to run at exit).
 
-    A gloo group left alive until interpreter teardown can abort the process from a C++
-    destructor ("terminate called without an active exception"), turning a finished run's
-    exit status into -6. `train` also ends with a barrier, so no rank exits while a peer
-    still has collectives in flight. The group is kept until exit (not destroyed when a run
-    ends) because DeepSpeed caches it for further runs in the same process.
+    A gloo group left alive until interpreter teardown, or torn down while a peer still
+    has collectives in flight, can abort the process from a C++ destructor ("terminate
+    called without an active exception"), turning a finished run's exit status into -6.
+    So on gloo the ranks first meet at a barrier bounded by 30 s (a peer that died is
+    waited for only that long), then destroy the group. `train` also ends a finished run
+    with a barrier. The group is kept until exit (not destroyed when a run ends) because
+    DeepSpeed caches it for further runs in the same process.
     """
     if not dist.is_initialized():
         return
+    try:
+        if dist.get_world_size() > 1 and dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=30))
+    except Exception:  # noqa: BLE001 - a peer already gone: nothing left to wait for
+        pass
     try:
         dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - teardown is best effort; the run's result is already written
