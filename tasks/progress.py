@@ -6,12 +6,14 @@ text→image), a frame grid (class→video), or the model's captions and VQA ans
 next to the truth, all gathered in one `samples.md`. The records shown are drawn
 once from the training data (fixed seed), so the grids of successive steps are
 directly comparable. A step's folder is written under a temporary name and renamed
-into place, so a crash never leaves half a folder under the final name.
+into place, so a crash never leaves half a folder under the final name. A task
+whose view fails gets a line saying so (and a warning); training goes on.
 """
 
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,11 @@ class ProgressSamples:
         lines = [f"# Samples at step {step}", "",
                  "EMA weights (live weights when the EMA is off); records drawn once from the training data.", ""]
         for k, (task, _, bank) in enumerate(self.mixture.entries):
-            body = task.progress(model, bank, self.picks[k], self.schedule, tmp, f"{k}_{task.name}")
+            try:
+                body = task.progress(model, bank, self.picks[k], self.schedule, tmp, f"{k}_{task.name}")
+            except Exception as e:  # noqa: BLE001 - a broken view must not stop a long training run
+                warnings.warn(f"progress samples of task {task.name!r} at step {step} failed: {e!r}", stacklevel=2)
+                body = [f"*This task's progress view failed: `{type(e).__name__}: {e}`*"]
             if body:
                 lines += [f"## {task.name} ({bank.name})", "", *body, ""]
         (tmp / "samples.md").write_text("\n".join(lines))
