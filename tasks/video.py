@@ -28,7 +28,7 @@ from pathlib import Path
 
 from unimodal.media import save_frame_grid
 
-from .base import ImageBank, RecordError, Task, make_example, register_task
+from .base import ImageBank, RecordError, Task, bank_vae, make_example, register_task
 
 
 def videos_to_tokens(videos: torch.Tensor, visual: VisualConfig) -> torch.Tensor:
@@ -90,10 +90,6 @@ class ClassToVideo(Task):
     needs_text = False
     needs_class = True
 
-    def __init__(self, visual: VisualConfig, tokenizer: Any = None, drop_prob: float = 0.1):
-        super().__init__(visual, tokenizer, drop_prob)
-        self._vae = None
-
     def video_segment(self, noisy: bool, frames: int | None = None) -> Video:
         """`frames` (default the trained `visual.frames`) frames of grid×grid tokens, frames_per_block a block."""
         v, f = self.visual, self.visual.frames if frames is None else frames
@@ -112,13 +108,8 @@ class ClassToVideo(Task):
         return max(1, trained_blocks - 1) if frames > self.visual.frames else None
 
     def vae(self) -> Any:
-        if self.visual.vae_dir is None:
-            return None
-        if self._vae is None:
-            from unimodal.tokenizers.visual import VAETokenizer
-
-            self._vae = VAETokenizer.from_pretrained(self.visual.vae_dir)
-        return self._vae
+        """The local VAE of a latent-space config (the process-wide one the image heads use), else None."""
+        return bank_vae(self.visual) if self.visual.vae_dir is not None else None
 
     @torch.no_grad()
     def stream_tokens(
