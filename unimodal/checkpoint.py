@@ -15,7 +15,6 @@ crash never leaves a half-written checkpoint. Loading never unpickles anything.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import torch
 import yaml
 
 from . import __version__
+from .atomic import atomic_directory
 from .config import ModelConfig, VisualConfig
 
 MODEL_FILE, EMA_FILE, CONFIG_FILE, META_FILE, TOKENIZER_DIR = (
@@ -47,31 +47,6 @@ def _state_for_save(model: torch.nn.Module | dict[str, torch.Tensor]) -> dict[st
         seen[ptr] = (k, v.shape)
         out[k] = v.detach().to("cpu").contiguous()
     return out
-
-
-def atomic_directory(target: Path, write: Any) -> Path:
-    """Call write(tmp_dir), then rename tmp_dir to `target` (replacing an old one)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{time.time_ns()}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}-{time.time_ns()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def save_checkpoint(

@@ -173,7 +173,7 @@ def load_domain_clip(cfg: DomainClipConfig, cache_dir: Path | None = None) -> Cl
     """The cached in-domain CLIP for `cfg`, trained and cached first if needed."""
     from safetensors.torch import load_file, save_file
 
-    from unimodal.checkpoint import atomic_directory
+    from unimodal.atomic import atomic_directory
     from unimodal.data import cache_root
 
     path = (cache_dir or cache_root() / "eval" / "extractors") / cfg.key()

@@ -167,7 +167,7 @@ def load_domain_cnn(cfg: DomainCNNConfig, cache_dir: Path | None = None) -> Doma
     """The cached extractor for `cfg`, trained and cached first if needed."""
     from safetensors.torch import load_file, save_file
 
-    from unimodal.checkpoint import atomic_directory
+    from unimodal.atomic import atomic_directory
     from unimodal.data import cache_root
 
     path = (cache_dir or cache_root() / "eval" / "extractors") / cfg.key()
