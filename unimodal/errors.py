@@ -74,6 +74,16 @@ class EvalError(UnimodalError, ValueError):
     """An eval request cannot run: unknown task or metric, missing weight file, wrong checkpoint."""
 
 
+class RunDirError(UnimodalError, ValueError):
+    """An ``out_dir`` cannot be used: it holds another run, is locked by a live writer, or is not writable."""
+
+
+class Interrupted(UnimodalError):
+    """The user stopped the run (Ctrl-C / SIGINT); the message says where and what was kept."""
+
+    exit_code = 130
+
+
 class TrainingDiverged(UnimodalError, RuntimeError):
     """The loss or the weights became non-finite; every rank stops at the same step."""
 
