@@ -9,7 +9,9 @@ rank 0 then writes the weights (itself atomically), moves the DeepSpeed files
 in and renames the whole into place. A `step_*` directory therefore exists
 only complete; a crash leaves at most hidden `.step_*-partial` directories,
 which the next run removes. (Several nodes need a shared filesystem, as
-DeepSpeed's own checkpoints do.)
+DeepSpeed's own checkpoints do.) A write that fails (a full disk is named as such)
+removes its staging directories and raises CheckpointError on every rank
+(docs/architecture.md, "Files on disk").
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from unimodal.checkpoint import CONFIG_FILE, EMA_FILE, META_FILE, MODEL_FILE, CheckpointError
+from unimodal.checkpoint import CONFIG_FILE, EMA_FILE, META_FILE, MODEL_FILE
+from unimodal.errors import CheckpointError
+from unimodal.run_dir import is_disk_full
 
 from .distributed import DistInfo, any_rank, barrier
 from .engine import DS_TAG
@@ -118,6 +122,11 @@ def prune(root: Path, keep_last: int) -> list[Path]:
     return old
 
 
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (torch's C++ errors span several)."""
+    return "; ".join(x.strip() for x in str(error).splitlines() if x.strip()) or type(error).__name__
+
+
 def _fsync_tree(path: Path) -> None:
     for f in path.rglob("*"):
         if f.is_file():
@@ -189,7 +198,10 @@ def write_checkpoint(
     if error is not None:
         if isinstance(error, CheckpointError) or not isinstance(error, Exception):
             raise error
-        raise CheckpointError(f"writing checkpoint {str(target)!r} failed: {type(error).__name__}: {error}") from error
+        detail = one_line(error)
+        if is_disk_full(error):  # ENOSPC, or torch.save's "[enforce fail at inline_container.cc] unexpected pos"
+            raise CheckpointError(f"disk full while writing {target} ({detail}); the staging files were removed") from None
+        raise CheckpointError(f"writing checkpoint {str(target)!r} failed: {type(error).__name__}: {detail}") from error
     if failed:
         raise CheckpointError(f"writing checkpoint {str(target)!r} failed on another rank (see its log)")
     return target

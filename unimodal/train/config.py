@@ -19,13 +19,25 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from unimodal.config import PRESETS, ConfigError, ModelConfig, VisualConfig, dump_yaml, suggest
+from unimodal.config import PRESETS, ModelConfig, VisualConfig, dump_yaml
+from unimodal.errors import ConfigError, check_float, suggest
 from unimodal.diffusion.loss import LossWeights
 from unimodal.diffusion.schedule import ScheduleConfig
 
 LR_SCHEDULES = ("wsd", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"  # zero{0,1,2,3}.json in a checkout
+
+# Float options: (name, low, high, low_open). Each must be finite and in [low, high] ((low, high] when low_open).
+_FLOAT_RANGES = (
+    ("lr", 0.0, None, True),  # a zero peak lr trains nothing; the schedule may still reach 0
+    ("weight_decay", 0.0, None, False),
+    ("adam_eps", 0.0, None, True),
+    ("clip_grad", 0.0, None, False),  # 0 disables clipping
+    ("decay_frac", 0.0, 1.0, False),
+    ("min_lr_ratio", 0.0, 1.0, False),
+    ("ema_decay", 0.0, 1.0, False),  # 1 is refused separately: [0, 1)
+)
 
 # DeepSpeed keys the trainer owns: a DeepSpeed JSON may not set them to something else.
 _OWNED_DS_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
@@ -99,18 +111,12 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} is invalid: must be > 0")
         if self.pack_tokens is not None and self.pack_tokens <= 0:
             raise ConfigError(f"TrainConfig.pack_tokens={self.pack_tokens} is invalid: must be a positive token count or null")
-        for name in ("warmup_steps", "keep_last", "sample_every", "seed", "lr", "weight_decay", "clip_grad", "adam_eps"):
+        for name in ("warmup_steps", "keep_last", "sample_every", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} is invalid: must be >= 0")
         if self.warmup_steps > self.steps:
             raise ConfigError(f"TrainConfig.warmup_steps={self.warmup_steps} is invalid: exceeds steps={self.steps}")
-        for name in ("decay_frac", "min_lr_ratio"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} is invalid: must be in [0, 1]")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"TrainConfig.ema_decay={self.ema_decay} is invalid: must be in [0, 1) (0 disables)")
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"TrainConfig.betas={self.betas} is invalid: both must be in [0, 1)")
+        self._validate_floats()
         if self.schedule not in LR_SCHEDULES:
             raise ConfigError(f"TrainConfig.schedule={self.schedule!r} is invalid: must be one of {LR_SCHEDULES}")
         if self.precision not in PRECISIONS:
@@ -126,6 +132,23 @@ class TrainConfig:
         self.visual_config(), self.schedule_config(), self.loss_weights()  # their own checks, named by field
         self.model_config()
         self.deepspeed_base()
+
+    def _validate_floats(self) -> None:
+        """Every float option is finite and in its range (NaN and inf included), checked by name.
+
+        A NaN learning rate used to pass here and fail inside torch after out_dir had been
+        written; all checks run before anything touches the disk (docs/architecture.md, "Errors").
+        """
+        for name, low, high, low_open in _FLOAT_RANGES:
+            check_float(f"TrainConfig.{name}", getattr(self, name), low=low, high=high, low_open=low_open)
+        if self.ema_decay == 1.0:
+            raise ConfigError(f"TrainConfig.ema_decay={self.ema_decay} is invalid: must be in [0, 1) (0 disables)")
+        for i, b in enumerate(self.betas):
+            check_float(f"TrainConfig.betas[{i}]", b, low=0.0, high=1.0)
+            if b == 1.0:
+                raise ConfigError(f"TrainConfig.betas={list(self.betas)} is invalid: both must be in [0, 1)")
+        for k, v in self.loss.items():
+            check_float(f"TrainConfig.loss.{k}", v, low=0.0)
 
     # --- the component configs ---------------------------------------------------------------
     def visual_config(self) -> VisualConfig:

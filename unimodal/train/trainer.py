@@ -25,13 +25,16 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from unimodal import atomic
 from unimodal.batch import SequenceBatch
-from unimodal.checkpoint import EMA_FILE, CheckpointError, load_state_into, read_weights, save_checkpoint
-from unimodal.config import ConfigError, ModelConfig
+from unimodal.checkpoint import CONFIG_FILE, EMA_FILE, META_FILE, load_state_into, read_weights, save_checkpoint
+from unimodal.config import ModelConfig
+from unimodal.errors import CheckpointError, ConfigError, Interrupted, RunDirError, TrainingDiverged, UnimodalError
 from unimodal.diffusion.loss import compute_loss
 from unimodal.diffusion.schedule import NoiseSchedule
 from unimodal.layout import PAD_DOC
 from unimodal.model import ACDiT
+from unimodal.run_dir import RunLock, check_lock, check_writable, is_disk_full, move_aside, run_entries
 
 from . import checkpoints as ckpt
 from .config import TrainConfig
@@ -52,8 +55,7 @@ SampleHook = Callable[[int, torch.nn.Module], Any]  # (step, fp32 eval-mode mode
 StepHook = Callable[[int, torch.nn.Module, dict[str, float]], None]  # (step, engine.module, record), every rank
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss (or the weights) became NaN/inf; the message names the step and the part."""
+__all__ = ["BatchSource", "Interrupted", "RunDirError", "TrainResult", "TrainingDiverged", "train"]  # errors re-exported
 
 
 @dataclass
@@ -175,25 +177,37 @@ def train(
     resume: str | Path | None = None,
     sample_hook: SampleHook | None = None,
     step_hook: StepHook | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train `cfg` on DeepSpeed; single process by default, N processes under torchrun/deepspeed.
+
+    Nothing is written into `cfg.out_dir` before every check has passed (docs/architecture.md,
+    "Files on disk"): the directory is writable, no live run holds its lock, a resume checkpoint
+    is complete and fits `cfg`'s model, and a directory that already holds a run is only
+    continued (`resume`) or replaced (`overwrite`). Then rank 0 takes `out_dir/.lock`
+    (`unimodal.run_dir`) and keeps it until the call returns or raises.
 
     Args:
         cfg: the run.
         batch_source: the data (default: `unimodal.tasks.build_batch_source(cfg, ...)`); every rank builds its own.
-        resume: None (fresh start), "auto" (newest complete checkpoint under out_dir/checkpoints, else fresh)
-            or a checkpoint directory.
+        resume: None (fresh start; refused when out_dir already holds a run), "auto" (newest complete checkpoint
+            under out_dir/checkpoints, else a fresh start) or a checkpoint directory.
         sample_hook: called on rank 0 every `sample_every` steps with a fresh fp32 eval-mode model holding
             the EMA weights (the live weights when the EMA is off). Default for a task mixture:
             `unimodal.tasks.progress.ProgressSamples` (image grids, captions, VQA answers under out_dir/samples/).
         step_hook: called on every rank after every optimizer step with (step, engine.module, record).
+        overwrite: start anew in an out_dir that holds a run: it is first renamed whole to
+            ``<out_dir>.old-<YYYYmmdd-HHMMSS>`` (`unimodal.run_dir.move_aside`). Excludes `resume`.
 
     Returns:
         TrainResult with the newest checkpoint and the per-step history.
 
     Raises:
         TrainingDiverged: a loss part or the weights became NaN/inf (nothing is saved from that state).
-        ConfigError, CheckpointError: bad configuration or resume checkpoint.
+        Interrupted: Ctrl-C / SIGINT; the newest complete checkpoint is kept and named.
+        RunDirError: out_dir holds another run, is locked by a live one, or is not writable.
+        ConfigError, CheckpointError: bad configuration, a resume checkpoint that is damaged or does not
+            fit the config, or a checkpoint that could not be written (a full disk is named as such).
     """
     info = init_distributed()
     out = Path(cfg.out_dir)
@@ -207,96 +221,239 @@ def train(
     if sample_hook is None and cfg.sample_every and info.is_main:
         sample_hook = default_sample_hook(source, out, schedule.config)
 
-    resume_dir = broadcast_object(ckpt.resolve_resume(resume, root) if info.is_main else None)
+    # Rank 0 checks, locks and prepares out_dir; every rank learns the outcome (and raises the same error).
+    lock: RunLock | None = None
+    resume_dir: Path | None = None
+    error: UnimodalError | None = None
     if info.is_main:
-        ckpt.remove_partials(root)
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.to_yaml(out / "config.yaml")
-    tokenizer_dir = _tokenizer_dir(cfg, tokenizer, out, info)
-    barrier()
-
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    engine, optimizer = create_engine(ACDiT(model_cfg), cfg)
-    log: MetricsLog | None = None
+        try:
+            lock, resume_dir = _open_run_dir(cfg, model_cfg, out, resume, overwrite, tokenizer)
+        except UnimodalError as e:
+            error = e
+        except KeyboardInterrupt:
+            error = Interrupted("interrupted before training started; nothing was trained")
+    resume_dir, error = broadcast_object((resume_dir, error))
+    if error is not None:
+        raise error
+    tokenizer_dir = _tokenizer_dir(cfg, tokenizer, out)
+    last_ckpt = resume_dir
+    step_done = 0
     try:
-        ema = EMA(engine.module, cfg.ema_decay, store=info.is_main) if cfg.ema_decay > 0 else None
-        start = _resume(engine, ema, resume_dir, info)
-        log = MetricsLog(out, cfg.steps, start, cfg.log_every, cfg.progress, cfg.tensorboard, enabled=info.is_main)
-        if resume_dir is not None:
-            log.message(f"resumed from {resume_dir} at step {start}")
-        last_ckpt = resume_dir
-        history: list[dict[str, float]] = []
+        barrier()
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        engine, optimizer = create_engine(ACDiT(model_cfg), cfg)
+        log: MetricsLog | None = None
+        try:
+            ema = EMA(engine.module, cfg.ema_decay, store=info.is_main) if cfg.ema_decay > 0 else None
+            start = step_done = _resume(engine, ema, resume_dir, info)
+            log = MetricsLog(out, cfg.steps, start, cfg.log_every, cfg.progress, cfg.tensorboard, enabled=info.is_main)
+            if resume_dir is not None:
+                log.message(f"resumed from {resume_dir} at step {start}")
+            history: list[dict[str, float]] = []
 
-        def save(step: int) -> Path:
-            if not params_finite(engine.module, info.device):
-                raise TrainingDiverged(
-                    f"weights became NaN/inf by step {step}; not saving. Last good checkpoint: {last_ckpt or 'none'}"
-                )
-            state = full_state(engine.module, keep=info.is_main)
-
-            def write_weights(path: Path) -> Path:
-                return save_checkpoint(
-                    path, _Weights(model_cfg, state), ema=ema.state_dict() if ema is not None else None,
-                    visual=visual, schedule=schedule.config, tokenizer_dir=tokenizer_dir,
-                    extra={"train": cfg.to_dict(), "tasks": cfg.tasks}, meta={"step": step, "world_size": info.world_size},
-                )
-
-            path = ckpt.write_checkpoint(engine, root, step, info, {"step": step}, write_weights)
-            if info.is_main:
-                for p in ckpt.prune(root, cfg.keep_last):
-                    log.message(f"removed old checkpoint {p.name}")
-            barrier()
-            return path
-
-        engine.train()
-        world, gas, B = info.world_size, cfg.grad_accum, cfg.batch_size
-        own_grad_norm = cfg.resolved_zero_stage == 0 and cfg.precision == "fp32"  # DeepSpeed reports none there
-        grad_norm = None
-        for step in range(start, cfg.steps):
-            t0 = time.perf_counter()
-            lr = lr_at(cfg.schedule, step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.decay_frac, cfg.min_lr_ratio)
-            set_lr(optimizer, lr)
-            totals = torch.zeros(_STATS, dtype=torch.float64)
-            for micro in range(gas):
-                vrank = micro * world + info.rank  # this micro-batch's slice of the global batch
-                batch = source.batch(step, vrank, world * gas, B).to(info.device)
-                t, noise = example_noise(batch, schedule, cfg.seed, step, vrank * B)  # rows <= B even when packed
-                parts = compute_loss(engine, batch, schedule, weights, t=t, noise=noise)
-                stats = _global_stats(parts, batch, info.device)  # a collective: every rank learns of a NaN anywhere
-                bad = [f"{k} is NaN/inf on {int(stats[3 * j + 2])} rank(s)" for j, k in enumerate(LOSS_PARTS) if stats[3 * j + 2]]
-                if bad:
+            def save(step: int) -> Path:
+                if not params_finite(engine.module, info.device):
                     raise TrainingDiverged(
-                        f"non-finite loss at step {step + 1} (batch source step {step}, micro-step {micro}): "
-                        f"{', '.join(bad)}; stopped without saving. Last good checkpoint: {last_ckpt or 'none'}"
+                        f"weights became NaN/inf by step {step}; not saving. Last good checkpoint: {last_ckpt or 'none'}"
                     )
-                totals += stats
-                engine.backward(parts["loss"])
-                if micro == gas - 1 and own_grad_norm:
-                    grad_norm = _grad_norm(engine.module)  # all-reduced, not yet clipped or cleared
-                engine.step()
-            done = step + 1
-            if ema is not None:
-                ema.update(engine.module, step=done)
-            if not own_grad_norm:
-                grad_norm = engine.get_global_grad_norm()
-            record = _record(done, lr, totals, grad_norm, time.perf_counter() - t0)
-            history.append(record)
-            if step_hook is not None:
-                step_hook(done, engine.module, record)
-            log.step(record)
-            if cfg.sample_every and done % cfg.sample_every == 0:
-                shown = _run_sample_hook(sample_hook, done, engine.module, ema, model_cfg, info)
-                if isinstance(shown, Path):
-                    log.message(f"samples: {shown / 'samples.md'}")
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                last_ckpt = save(done)
-                log.message(f"saved {last_ckpt}")
-        barrier()  # every rank leaves the run together: none exits with a peer's collective in flight
+                state = full_state(engine.module, keep=info.is_main)
+
+                def write_weights(path: Path) -> Path:
+                    return save_checkpoint(
+                        path, _Weights(model_cfg, state), ema=ema.state_dict() if ema is not None else None,
+                        visual=visual, schedule=schedule.config, tokenizer_dir=tokenizer_dir,
+                        extra={"train": cfg.to_dict(), "tasks": cfg.tasks}, meta={"step": step, "world_size": info.world_size},
+                    )
+
+                path = ckpt.write_checkpoint(engine, root, step, info, {"step": step}, write_weights)
+                if info.is_main:
+                    for p in ckpt.prune(root, cfg.keep_last):
+                        log.message(f"removed old checkpoint {p.name}")
+                barrier()
+                return path
+
+            engine.train()
+            world, gas, B = info.world_size, cfg.grad_accum, cfg.batch_size
+            own_grad_norm = cfg.resolved_zero_stage == 0 and cfg.precision == "fp32"  # DeepSpeed reports none there
+            grad_norm = None
+            for step in range(start, cfg.steps):
+                t0 = time.perf_counter()
+                lr = lr_at(cfg.schedule, step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.decay_frac, cfg.min_lr_ratio)
+                set_lr(optimizer, lr)
+                totals = torch.zeros(_STATS, dtype=torch.float64)
+                for micro in range(gas):
+                    vrank = micro * world + info.rank  # this micro-batch's slice of the global batch
+                    batch = source.batch(step, vrank, world * gas, B).to(info.device)
+                    t, noise = example_noise(batch, schedule, cfg.seed, step, vrank * B)  # rows <= B even when packed
+                    parts = compute_loss(engine, batch, schedule, weights, t=t, noise=noise)
+                    stats = _global_stats(parts, batch, info.device)  # a collective: every rank learns of a NaN anywhere
+                    bad = [f"{k} is NaN/inf on {int(stats[3 * j + 2])} rank(s)" for j, k in enumerate(LOSS_PARTS) if stats[3 * j + 2]]
+                    if bad:
+                        raise TrainingDiverged(
+                            f"non-finite loss at step {step + 1} (batch source step {step}, micro-step {micro}): "
+                            f"{', '.join(bad)}; stopped without saving. Last good checkpoint: {last_ckpt or 'none'}"
+                        )
+                    totals += stats
+                    engine.backward(parts["loss"])
+                    if micro == gas - 1 and own_grad_norm:
+                        grad_norm = _grad_norm(engine.module)  # all-reduced, not yet clipped or cleared
+                    engine.step()
+                done = step_done = step + 1
+                if ema is not None:
+                    ema.update(engine.module, step=done)
+                if not own_grad_norm:
+                    grad_norm = engine.get_global_grad_norm()
+                record = _record(done, lr, totals, grad_norm, time.perf_counter() - t0)
+                history.append(record)
+                if step_hook is not None:
+                    step_hook(done, engine.module, record)
+                log.step(record)
+                if cfg.sample_every and done % cfg.sample_every == 0:
+                    shown = _run_sample_hook(sample_hook, done, engine.module, ema, model_cfg, info)
+                    if isinstance(shown, Path):
+                        log.message(f"samples: {shown / 'samples.md'}")
+                if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                    last_ckpt = save(done)
+                    log.message(f"saved {last_ckpt}")
+            barrier()  # every rank leaves the run together: none exits with a peer's collective in flight
+        finally:
+            if log is not None:
+                log.close()
+            _destroy(engine)
+    except KeyboardInterrupt:
+        # Ctrl-C: one line instead of a traceback (docs/architecture.md, "Errors"). A checkpoint write in
+        # flight has removed its staging directories; the newest complete checkpoint is untouched.
+        raise Interrupted(f"interrupted at step {step_done}; last checkpoint: {last_ckpt or 'none'}") from None
     finally:
-        if log is not None:
-            log.close()
-        _destroy(engine)
+        if lock is not None:
+            lock.release()
     return TrainResult(step=max(start, cfg.steps), out_dir=out, checkpoint=last_ckpt, history=history)
+
+
+def _open_run_dir(
+    cfg: TrainConfig, model_cfg: ModelConfig, out: Path, resume: str | Path | None, overwrite: bool, tokenizer: Any
+) -> tuple[RunLock, Path | None]:
+    """Rank 0: check out_dir and the resume request, lock out_dir, then prepare it; returns (lock, resume dir).
+
+    Every check runs before the first write, and again under the lock (another run may have
+    finished in between). Only then: an old run is moved aside (`overwrite`), leftovers of a
+    killed checkpoint write are removed, config.yaml and the tokenizer are written and
+    metrics.jsonl is cut back to the resumed step (so it never holds lines of steps that are
+    trained again). The caller releases the lock.
+    """
+    _preflight(cfg, model_cfg, out, resume, overwrite)  # reads only
+    lock = RunLock(out)
+    lock.acquire()
+    try:
+        resume_dir = _preflight(cfg, model_cfg, out, resume, overwrite, locked=True)
+        if overwrite and run_entries(out):
+            moved = move_aside(lock)
+            print(f"--overwrite: moved the previous run in {out} to {moved}", flush=True)
+        lock.keep_dir()
+        root = out / "checkpoints"
+        try:
+            ckpt.remove_partials(root)
+            atomic.write_text(out / "config.yaml", cfg.to_yaml())
+            if not cfg.tokenizer.get("path") and tokenizer is not None and hasattr(tokenizer, "save"):
+                tokenizer.save(out / "tokenizer")
+            _cut_metrics(out / "metrics.jsonl", _checkpoint_step(resume_dir) if resume_dir is not None else 0)
+        except OSError as e:
+            where = e.filename or out
+            if is_disk_full(e):
+                raise RunDirError(f"disk full while writing {where}") from None
+            raise RunDirError(f"cannot write into out_dir {str(out)!r}: {where}: {e.strerror or e}") from None
+    except BaseException:
+        lock.release()
+        raise
+    return lock, resume_dir
+
+
+def _preflight(
+    cfg: TrainConfig, model_cfg: ModelConfig, out: Path, resume: str | Path | None, overwrite: bool, locked: bool = False
+) -> Path | None:
+    """Every check on out_dir and the resume request, writing nothing; returns the checkpoint to resume from.
+
+    `locked`: this process holds out_dir's lock already (the lock check is skipped).
+    """
+    if overwrite and resume is not None:
+        raise RunDirError(f"--overwrite and --resume {resume} exclude each other: continue the run in {str(out)!r} or replace it")
+    check_writable(out)
+    if not locked:
+        check_lock(out)
+    entries = run_entries(out)
+    if entries and resume is None and not overwrite:
+        raise RunDirError(
+            f"out_dir {str(out)!r} already holds a run ({', '.join(entries)}): pass --resume auto to continue it, "
+            f"--overwrite to move it aside to {out.name}.old-<time> and start anew, or choose another out_dir"
+        )
+    resume_dir = ckpt.resolve_resume(resume, out / "checkpoints")
+    if resume_dir is not None:
+        _check_fits(resume_dir, cfg, model_cfg)
+    return resume_dir
+
+
+def _check_fits(resume_dir: Path, cfg: TrainConfig, model_cfg: ModelConfig) -> None:
+    """Refuse a resume checkpoint whose model differs from `cfg`'s, naming each differing field."""
+    import json
+
+    import yaml
+
+    try:
+        saved = (yaml.safe_load((resume_dir / CONFIG_FILE).read_text()) or {}).get("model")
+    except (OSError, yaml.YAMLError, AttributeError) as e:
+        raise CheckpointError(f"resume checkpoint {str(resume_dir)!r}: cannot read {CONFIG_FILE}: {e}") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"resume checkpoint {str(resume_dir)!r}: {CONFIG_FILE} has no 'model' mapping")
+    asked = json.loads(json.dumps(model_cfg.to_dict(), default=str))  # tuples as lists, like the YAML
+    unset = "<unset>"
+    diffs = [f"{k}={saved.get(k, unset)!r}, config asks {asked.get(k, unset)!r}"
+             for k in list(asked) + [k for k in saved if k not in asked] if saved.get(k, unset) != asked.get(k, unset)]
+    if diffs:
+        raise CheckpointError(
+            f"resume checkpoint {str(resume_dir)!r} does not fit this config: checkpoint has {'; '.join(diffs)} "
+            f"(resume with the checkpoint's model settings, or start a new run in another out_dir)"
+        )
+    if cfg.ema_decay > 0 and not (resume_dir / EMA_FILE).is_file():
+        raise CheckpointError(
+            f"cannot resume the EMA: {str(resume_dir / EMA_FILE)!r} is missing (ema_decay={cfg.ema_decay}; "
+            f"set ema_decay=0 to resume without one)"
+        )
+
+
+def _checkpoint_step(path: Path) -> int:
+    """The step recorded in a checkpoint's meta.json (0 when it is unreadable)."""
+    import json
+
+    try:
+        step = json.loads((path / META_FILE).read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return step if isinstance(step, int) and step >= 0 else 0
+
+
+def _cut_metrics(path: Path, step: int) -> None:
+    """Keep only the lines of metrics.jsonl up to `step` (atomically): a resumed run logs the later steps again.
+
+    Lines of steps after the resumed checkpoint were logged by the interrupted attempt and are
+    trained again; a half-written last line (kill -9) is dropped too.
+    """
+    import json
+
+    if not path.is_file():
+        return
+    kept, changed = [], False
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+            keep = isinstance(entry, dict) and int(entry.get("step", 0)) <= step
+        except (ValueError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            changed = True
+    if changed:
+        atomic.write_text(path, "".join(x + "\n" for x in kept))
 
 
 _STATS = 3 * len(LOSS_PARTS) + 1  # per loss part: sum of values, ranks reporting it, ranks where it is NaN/inf; tokens
@@ -348,16 +505,13 @@ def _resume(engine: Any, ema: EMA | None, resume_dir: Path | None, info: DistInf
     return start
 
 
-def _tokenizer_dir(cfg: TrainConfig, tokenizer: Any, out: Path, info: DistInfo) -> Path | None:
-    """Where the tokenizer is copied from into every checkpoint (saved into the run dir when it has no path)."""
+def _tokenizer_dir(cfg: TrainConfig, tokenizer: Any, out: Path) -> Path | None:
+    """Where the tokenizer is copied from into every checkpoint (rank 0 saved it into the run dir when it has no path)."""
     if cfg.tokenizer.get("path"):
         return Path(cfg.tokenizer["path"])
     if tokenizer is None or not hasattr(tokenizer, "save"):
         return None
-    path = out / "tokenizer"
-    if info.is_main:
-        tokenizer.save(path)
-    return path
+    return out / "tokenizer"
 
 
 def _run_sample_hook(
