@@ -14,7 +14,14 @@ from .base import (
     tokens_to_images,
 )
 from .generation import ClassToImage, TextToImage
-from .mixture import TaskMixture, TaskSpec, build_batch_source, build_mixture, build_tokenizer, load_bank
+from .mixture import (
+    TaskMixture,
+    TaskSpec,
+    build_batch_source,
+    build_mixture,
+    build_tokenizer,
+    load_bank,
+)
 from .understanding import VQA, Captioning
 from .video import ClassToVideo, build_video_bank
 

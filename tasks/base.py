@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -28,6 +29,11 @@ import torch
 
 from unimodal.batch import Example
 from unimodal.config import VisualConfig, suggest
+from unimodal.errors import (
+    ConfigError,
+    RecordError,  # re-exported
+    check_positive_int,
+)
 from unimodal.layout import Image, Layout, Text
 from unimodal.tokenizers.visual import patchify, unpatchify
 
@@ -48,12 +54,10 @@ def list_tasks() -> list[str]:
 
 def get_task_class(name: str) -> type["Task"]:
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid tasks: {list_tasks()}.{suggest(name, list_tasks())}")
+        raise ConfigError(f"unknown task {name!r}; valid tasks: {list_tasks()}.{suggest(name, list_tasks())}")
     return TASKS[name]
 
 
-class RecordError(ValueError):
-    """A dataset record does not fit a task; the message names the record and field."""
 
 
 @dataclass
@@ -99,7 +103,7 @@ def bank_vae(visual: VisualConfig, device: str | torch.device = "cpu") -> Any:
     """The local AutoencoderKL of a latent-space visual config (loaded once per process), checked against it."""
     vae = _vae(str(visual.vae_dir), str(device))
     if vae.latent_channels != visual.channels or vae.downsample_factor != visual.vae_downsample:
-        raise ValueError(
+        raise ConfigError(
             f"VAE at {visual.vae_dir} has {vae.latent_channels} latent channels and downsamples {vae.downsample_factor}x, "
             f"but the visual config says channels={visual.channels}, vae_downsample={visual.vae_downsample}"
         )
@@ -188,18 +192,23 @@ class Task:
         visual: token grid and block shape of images.
         tokenizer: the text tokenizer (TextTokenizer) for tasks with text; may be None otherwise.
         drop_prob: probability of dropping the condition (label / prompt) for guidance.
+        max_text_tokens: longest text (caption, question, answer) a record may give, in
+            tokens. A longer one is truncated to this length and counted in
+            ``truncated_texts`` (warned once per task), so a 2 MB answer cannot blow up a batch.
     """
 
     name: ClassVar[str] = ""
     needs_text: ClassVar[bool] = True
     needs_class: ClassVar[bool] = False
 
-    def __init__(self, visual: VisualConfig, tokenizer: Any = None, drop_prob: float = 0.1):
+    def __init__(self, visual: VisualConfig, tokenizer: Any = None, drop_prob: float = 0.1, max_text_tokens: int = 256):
         if self.needs_text and tokenizer is None:
-            raise ValueError(f"task {self.name!r} needs a text tokenizer")
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob={drop_prob} is invalid: must be in [0, 1)")
+            raise ConfigError(f"task {self.name!r} needs a text tokenizer")
+        if not (isinstance(drop_prob, (int, float)) and 0.0 <= drop_prob < 1.0):
+            raise ConfigError(f"drop_prob={drop_prob} is invalid: must be in [0, 1)")
+        check_positive_int(f"task {self.name!r}: max_text_tokens", max_text_tokens)
         self.visual, self.tok, self.drop_prob = visual, tokenizer, drop_prob
+        self.max_text_tokens, self.truncated_texts = max_text_tokens, 0
 
     # --- formats shared by training and prediction -----------------------------------------
     def image_segment(self, noisy: bool) -> Image:
@@ -214,7 +223,16 @@ class Task:
         raise NotImplementedError
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text)
+        """Token ids of a record's text, cut to ``max_text_tokens`` (each cut counted in ``truncated_texts``)."""
+        limit = self.max_text_tokens
+        ids = self.tok.encode(text[: 64 * limit])  # a piece is at most 16 chars: the cut keeps >= limit tokens and bounds the work
+        if len(ids) > limit or len(text) > 64 * limit:
+            if self.truncated_texts == 0:
+                warnings.warn(f"task {self.name!r}: a record's text is longer than max_text_tokens={limit}; "
+                              "truncating (counted in truncated_texts)", stacklevel=2)
+            self.truncated_texts += 1
+            ids = ids[:limit]
+        return ids
 
     def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: Any, out: Path, stem: str) -> list[str]:
         """Show what the model makes of records `indices` now (a training run's progress samples).

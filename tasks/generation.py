@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 
 from unimodal.batch import Example
+from unimodal.diffusion.schedule import ScheduleConfig
 from unimodal.generate import Generator, VisualSampling
 from unimodal.layout import Layout, Text
-
-from pathlib import Path
-from typing import Any
-
-from unimodal.diffusion.schedule import ScheduleConfig
 from unimodal.media import save_image_grid
 
-from .base import ImageBank, RecordError, Task, decode_images, make_example, model_device, register_task
+from .base import (
+    ImageBank,
+    RecordError,
+    Task,
+    decode_images,
+    make_example,
+    model_device,
+    register_task,
+)
 
 PROGRESS_CFG = 1.5  # guidance of progress samples (the paper's for images)
 

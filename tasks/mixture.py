@@ -13,6 +13,7 @@ import numpy as np
 
 from unimodal.batch import SequenceBatch, collate
 from unimodal.config import VisualConfig
+from unimodal.errors import ConfigError, check_float
 
 from .base import ImageBank, RecordError, Task, build_image_bank, get_task_class
 
@@ -26,6 +27,7 @@ class TaskSpec:
     weight: float = 1.0
     split: str = "train"
     drop_prob: float = 0.1  # condition dropout for guidance (label / prompt)
+    max_text_tokens: int = 256  # longer record texts are truncated (and counted)
     options: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset
 
     @classmethod
@@ -39,8 +41,8 @@ class TaskSpec:
         for k in ("name", "dataset"):
             if k not in d:
                 raise ConfigError(f"a task entry needs {k!r}: got {d}")
-        if float(d.get("weight", 1.0)) <= 0:
-            raise ConfigError(f"task {d['name']!r}: weight must be > 0, got {d['weight']}")
+        check_float(f"task {d['name']!r}: weight", d.get("weight", 1.0), low=0.0, low_open=True)
+        check_float(f"task {d['name']!r}: drop_prob", d.get("drop_prob", 0.1), low=0.0, high=0.999999)
         return cls(**d)
 
 
@@ -66,9 +68,9 @@ class TaskMixture:
         pack_tokens: int | None = None,
     ):
         if not entries:
-            raise ValueError("a task mixture needs at least one task")
+            raise ConfigError("a task mixture needs at least one task")
         if pack_tokens is not None and pack_tokens <= 0:
-            raise ValueError(f"pack_tokens={pack_tokens} is invalid: must be a positive token count or None")
+            raise ConfigError(f"pack_tokens={pack_tokens} is invalid: must be a positive token count or None")
         self.entries, self.token_dim, self.seed = entries, token_dim, seed
         self.skip_bad_records, self.pack_tokens = skip_bad_records, pack_tokens
         self.bad_records: set[tuple[str, int]] = set()
@@ -78,7 +80,7 @@ class TaskMixture:
         for task, _, bank in entries:
             idx = np.array([i for i in range(len(bank)) if task.accepts(bank, i)], dtype=np.int64)
             if len(idx) == 0:
-                raise ValueError(f"task {task.name!r}: no record of {bank.name!r} can train it")
+                raise ConfigError(f"task {task.name!r}: no record of {bank.name!r} can train it")
             self.indices.append(idx)
 
     @property
@@ -114,7 +116,7 @@ class TaskMixture:
         for i, ex in enumerate(examples):  # first fit
             n = len(ex.layout)
             if n > self.pack_tokens:
-                raise ValueError(f"example {i} ({ex.layout}) has {n} tokens, more than pack_tokens={self.pack_tokens}")
+                raise ConfigError(f"example {i} ({ex.layout}) has {n} tokens, more than pack_tokens={self.pack_tokens}")
             r = next((j for j, f in enumerate(free) if f >= n), None)
             if r is None:
                 rows.append([ex])
@@ -147,7 +149,7 @@ def build_mixture(
         key = (s.dataset, s.split, repr(sorted(s.options.items())))
         if key not in banks:
             banks[key] = load_bank(s.dataset, s.split, visual, s.options)
-        task = get_task_class(s.name)(visual, tokenizer, drop_prob=s.drop_prob)
+        task = get_task_class(s.name)(visual, tokenizer, drop_prob=s.drop_prob, max_text_tokens=s.max_text_tokens)
         entries.append((task, s.weight, banks[key]))
     return TaskMixture(entries, visual.token_dim, seed)
 
@@ -155,7 +157,7 @@ def build_mixture(
 def build_batch_source(train_cfg: Any, model_cfg: Any, visual_cfg: VisualConfig, tokenizer: Any) -> TaskMixture:
     """The trainer's data: the mixture of `train_cfg.tasks` seeded by `train_cfg.seed`."""
     if visual_cfg.token_dim != model_cfg.token_dim:
-        raise ValueError(
+        raise ConfigError(
             f"visual config gives token_dim {visual_cfg.token_dim} (channels*patch²) but the model has "
             f"token_dim {model_cfg.token_dim}"
         )

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from unimodal.diffusion.schedule import ScheduleConfig
+from unimodal.errors import ConfigError
 
 from .mixture import TaskMixture
 
@@ -39,7 +40,7 @@ class ProgressSamples:
     def __init__(self, mixture: TaskMixture, out_dir: str | Path, schedule: ScheduleConfig | None = None,
                  num: int = 8, seed: int = 0):
         if num < 1:
-            raise ValueError(f"num={num} is invalid: must be >= 1")
+            raise ConfigError(f"num={num} is invalid: must be >= 1")
         self.mixture, self.root = mixture, Path(out_dir) / "samples"
         self.schedule = schedule or ScheduleConfig()
         rng = np.random.default_rng(seed)

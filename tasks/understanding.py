@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 
 from unimodal.batch import Example
+from unimodal.errors import ConfigError
 from unimodal.generate import Generator, TextSampling, decode_text_events
 from unimodal.layout import Layout, Text
-
-from pathlib import Path
-from typing import Any
-
 from unimodal.media import save_image_grid
 
-from .base import ImageBank, RecordError, Task, decode_images, make_example, model_device, register_task
+from .base import (
+    ImageBank,
+    RecordError,
+    Task,
+    decode_images,
+    make_example,
+    model_device,
+    register_task,
+)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -108,7 +116,7 @@ class VQA(_ImageToText):
     def predict(self, model, tokens: torch.Tensor, questions: list[str], max_new_tokens: int = 8, batch_size: int = 64) -> list[str]:
         """Greedy answers for (N, T, C) image tokens and their questions."""
         if len(questions) != len(tokens):
-            raise ValueError(f"{len(questions)} questions for {len(tokens)} images")
+            raise ConfigError(f"{len(questions)} questions for {len(tokens)} images")
         return self._decode(model, tokens, list(questions), max_new_tokens, batch_size)
 
     def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: Any, out: Path, stem: str) -> list[str]:

@@ -12,6 +12,7 @@ within the trained range and memory stays flat (Generator.stream_visual, `window
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -20,13 +21,11 @@ import torch.nn.functional as F
 
 from unimodal.batch import Example
 from unimodal.config import VisualConfig
+from unimodal.errors import ConfigError
 from unimodal.generate import BlockEvent, Generator, VisualSampling
 from unimodal.layout import Video
-from unimodal.tokenizers.visual import patchify_video, unpatchify_video
-
-from pathlib import Path
-
 from unimodal.media import save_frame_grid
+from unimodal.tokenizers.visual import patchify_video, unpatchify_video
 
 from .base import ImageBank, RecordError, Task, bank_vae, make_example, register_task
 
@@ -56,7 +55,7 @@ def build_video_bank(dataset: Any, visual: VisualConfig, name: str = "", batch: 
     `visual.image_size`.
     """
     if visual.vae_dir:
-        raise ValueError("build_video_bank tokenises pixels; encode latents with VAETokenizer for vae_dir")
+        raise ConfigError("build_video_bank tokenises pixels; encode latents with VAETokenizer for vae_dir")
     if "video" not in dataset.column_names:
         raise RecordError(f"dataset {name!r} has no 'video' column; columns: {dataset.column_names}")
     out = []
@@ -94,7 +93,7 @@ class ClassToVideo(Task):
         """`frames` (default the trained `visual.frames`) frames of grid×grid tokens, frames_per_block a block."""
         v, f = self.visual, self.visual.frames if frames is None else frames
         if isinstance(f, bool) or not isinstance(f, int) or f <= 0 or f % v.frames_per_block:
-            raise ValueError(f"frames={f!r} is invalid: must be a positive multiple of frames_per_block={v.frames_per_block}")
+            raise ConfigError(f"frames={f!r} is invalid: must be a positive multiple of frames_per_block={v.frames_per_block}")
         return Video(f, v.grid, v.grid, v.frames_per_block, noisy=noisy)
 
     def example(self, bank: ImageBank, index: int, rng: np.random.Generator) -> Example:

@@ -7,8 +7,8 @@ import os
 for _k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_k, "1")
 
-import pytest
-import torch
+import pytest  # noqa: E402  (after the offline variables are set)
+import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from model_helpers import randomize_
+
 from unimodal.batch import Example
 from unimodal.generate import (
     BlockEvent,

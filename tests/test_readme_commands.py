@@ -47,13 +47,22 @@ def test_fashion_mnist_recipe_runs_and_resumes(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
+def _free_port() -> int:
+    """A port the OS says is free now (a fixed port collides with a parallel run)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_torchrun_two_processes(tmp_path):
     torchrun = shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun is not on PATH")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "unimodal.cli", "train",
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "unimodal.cli", "train",
            "--config", str(ROOT / "configs/train/easyvqa_tiny.yaml"), "steps=2", "batch_size=2", "warmup_steps=0",
            "progress=false", "tensorboard=false", f"out_dir={tmp_path}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)

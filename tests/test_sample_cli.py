@@ -1,7 +1,7 @@
 import pytest
+from model_helpers import randomize_
 from PIL import Image as PILImage
 
-from model_helpers import randomize_
 from unimodal.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from unimodal.cli import main
 from unimodal.config import VisualConfig
@@ -45,7 +45,7 @@ def test_prompt_sampling_is_deterministic(text_ckpt, tmp_path):
     "args, message",
     [
         (["--class-label", "7"], "out of range"),
-        (["--prompt", "a red circle"], "no text tokenizer"),
+        (["--prompt", "a red circle"], "no text vocabulary"),
         (["--class-label", "x"], "comma-separated"),
         ([], "exactly one of"),
     ],

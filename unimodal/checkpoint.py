@@ -27,14 +27,13 @@ import yaml
 from . import __version__
 from .atomic import atomic_directory
 from .config import ModelConfig, VisualConfig
+from .errors import CheckpointError, check_path  # re-exported
 
 MODEL_FILE, EMA_FILE, CONFIG_FILE, META_FILE, TOKENIZER_DIR = (
     "model.safetensors", "ema.safetensors", "config.yaml", "meta.json", "tokenizer",
 )
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete or does not fit; the message names the file or key."""
 
 
 def _state_for_save(model: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -159,8 +158,7 @@ def load_checkpoint(path: str | Path, use_ema: bool = True, device: str | torch.
     from .model import ACDiT
 
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist")
+    check_path(path, "checkpoint directory", kind="dir", cls=CheckpointError)
     for f in (CONFIG_FILE, MODEL_FILE):
         if not (path / f).is_file():
             raise CheckpointError(f"checkpoint {str(path)!r} has no {f}: not a unimodal checkpoint (or an interrupted write)")

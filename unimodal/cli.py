@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import platform
 import sys
 import time
+import traceback
 from importlib import metadata
 
 from . import __version__
-from .config import PRESETS, ConfigError, ModelConfig
+from .cli_args import OneLineParser
+from .config import PRESETS, ModelConfig
+from .errors import UnimodalError
 
 
 def _version(pkg: str) -> str:
@@ -73,7 +78,7 @@ def _forward_report(preset: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="unimodal",
         description="Unified multimodal understanding and generation on one ACDiT backbone.",
     )
@@ -113,7 +118,24 @@ _REGISTRARS.append(lambda sub: __import__("unimodal.eval.cli", fromlist=["regist
 _REGISTRARS.append(lambda sub: __import__("unimodal.train.cli", fromlist=["register"]).register(sub))
 
 
+def _is_rank0() -> bool:
+    """True unless this process is a non-zero rank of a launcher (torchrun/deepspeed set RANK)."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def _report(command: str, message: str) -> None:
+    if _is_rank0():
+        print(f"unimodal {command}: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; return its exit code.
+
+    Error contract (docs/architecture.md, "Errors"): a :class:`UnimodalError` (anything the
+    user can cause) is one stderr line and its ``exit_code`` (2; 1 for a diverged run; 130
+    for Ctrl-C). A full disk is named as such. Anything else is a bug: one line saying so,
+    then the traceback. Under torchrun only rank 0 prints.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -121,10 +143,36 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str() adds quotes
-        print(f"unimodal {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    except UnimodalError as e:
+        _report(args.command, f"error: {one_line(e)}")
+        return e.exit_code
+    except KeyboardInterrupt:
+        _report(args.command, "interrupted")
+        return 130
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            _report(args.command, f"error: disk full{f' while writing {e.filename}' if e.filename else ''} ({e.strerror})")
+            return 2
+        if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM) and e.filename:
+            _report(args.command, f"error: cannot write {e.filename}: {e.strerror}")
+            return 2
+        _internal(args.command)
+        return 1
+    except Exception:  # noqa: BLE001  (a bug: say so, keep the traceback)
+        _internal(args.command)
+        return 1
+
+
+def one_line(e: BaseException) -> str:
+    """The error's message on one line (inner newlines become '; ')."""
+    return "; ".join(part.strip() for part in str(e).splitlines() if part.strip()) or type(e).__name__
+
+
+def _internal(command: str) -> None:
+    if _is_rank0():
+        print(f"unimodal {command}: internal error (a bug in unimodal or a library; please report it with the traceback below)",
+              file=sys.stderr)
+        traceback.print_exc()
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ writes the resolved config that travels with every checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from .errors import ConfigError, suggest  # re-exported
 
 ATTN_BACKENDS = ("auto", "sdpa", "flex")
 ROPE_STYLES = ("mrope", "acdit")
@@ -27,16 +28,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "XL": dict(n_layer=28, d_model=1152),  # ACDiT-XL 677M
     "H": dict(n_layer=32, d_model=1280),  # ACDiT-H 954M
 }
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and the valid values."""
-
-
-def suggest(name: str, valid: list[str] | tuple[str, ...]) -> str:
-    """Return a ' Did you mean ...?' hint for an unknown name ('' when nothing is close)."""
-    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
-    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
 @dataclass

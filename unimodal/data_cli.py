@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any, Iterator
 
+from .cli_args import positive_int
+from .errors import ConfigError, MissingFileError
+
 
 def dataset_texts(ds: Any) -> Iterator[str]:
     """Every string of a dataset's text columns (str or list-of-str), e.g. captions, questions, answers."""
@@ -39,6 +42,10 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
     for item in args.data:
         if Path(item).is_file():
             sources.append(Path(item))
+        elif Path(item).is_dir():
+            raise ConfigError(f"--data {item!r} is a directory: give text files or dataset names (NAME or NAME:SPLIT)")
+        elif "/" in item or Path(item).suffix:
+            raise MissingFileError(f"--data {item!r}: text file does not exist (dataset names have no '/' or suffix)")
         else:
             from .data import load_dataset
 
@@ -46,7 +53,7 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
             ds = load_dataset(name, split or "train")
             sources.extend(dataset_texts(ds))
     if not sources:
-        raise ValueError("--data gave no text: pass text files or dataset names (NAME or NAME:SPLIT)")
+        raise ConfigError("--data gave no text: pass text files or dataset names (NAME or NAME:SPLIT)")
     tok = TextTokenizer.train(sources, vocab_size=args.vocab_size, out_dir=args.out)
     print(f"trained a {tok.vocab_size}-piece SentencePiece BPE tokenizer into {args.out}")
     return 0
@@ -60,6 +67,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("tokenizer", help="train the SentencePiece text tokenizer")
     t.add_argument("action", choices=["train"])
     t.add_argument("--data", nargs="+", required=True, help="text files and/or dataset names (NAME or NAME:SPLIT)")
-    t.add_argument("--vocab-size", type=int, default=512)
+    t.add_argument("--vocab-size", type=positive_int, default=512, help="pieces in the vocabulary (default 512)")
     t.add_argument("--out", required=True, help="output directory (tokenizer.model + ids)")
     t.set_defaults(func=_cmd_tokenizer)

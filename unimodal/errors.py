@@ -137,3 +137,21 @@ def check_float(
         rng = f"{'(' if low_open or low is None else '['}{lo}, {hi}{']' if high is not None else ')'}"
         raise cls(f"{name} must be a finite number in {rng}, got {value!r}")
     return float(value)
+
+
+def check_path(path: object, what: str, *, kind: str = "file", cls: type[UnimodalError] = MissingFileError) -> None:
+    """Raise ``cls`` unless ``path`` exists and is a ``kind`` ('file' or 'dir').
+
+    The message tells the three cases apart: missing, a directory where a file is expected,
+    and a file where a directory is expected (``what`` names the role, e.g. "checkpoint directory").
+    """
+    from pathlib import Path
+
+    p = Path(str(path))
+    if kind == "dir" and p.is_dir() or kind == "file" and p.is_file():
+        return
+    if not p.exists():
+        raise cls(f"{what} {str(p)!r} does not exist")
+    actual = "a directory" if p.is_dir() else "a file" if p.is_file() else "not a regular file"
+    expected = "a directory" if kind == "dir" else "a file"
+    raise cls(f"{what} {str(p)!r} is {actual}, not {expected}")

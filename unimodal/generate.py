@@ -30,7 +30,18 @@ import torch
 from .batch import Example, SequenceBatch, collate
 from .diffusion.samplers import classifier_free_guidance, create_sampler
 from .diffusion.schedule import ScheduleConfig
-from .layout import IMAGE, PAD, PAD_DOC, TEXT, VIDEO, Image, Layout, Video, span_positions
+from .errors import ConfigError
+from .layout import (
+    IMAGE,
+    PAD,
+    PAD_DOC,
+    TEXT,
+    VIDEO,
+    Image,
+    Layout,
+    Video,
+    span_positions,
+)
 from .model import ACDiT, KVCache, ModelOutput
 
 
@@ -179,11 +190,11 @@ class TextSampling:
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} is invalid: must be >= 0 (0 = greedy)")
+            raise ConfigError(f"temperature={self.temperature} is invalid: must be >= 0 (0 = greedy)")
         if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k={self.top_k} is invalid: must be >= 1 or None")
+            raise ConfigError(f"top_k={self.top_k} is invalid: must be >= 1 or None")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p} is invalid: must be in (0, 1] or None")
+            raise ConfigError(f"top_p={self.top_p} is invalid: must be in (0, 1] or None")
 
 
 @dataclass
@@ -302,7 +313,7 @@ class Generator:
         context; `self.paused` tells which rows did.
         """
         if self.logits is None:
-            raise ValueError("no text logits to continue from: prefill a context that ends with text")
+            raise ConfigError("no text logits to continue from: prefill a context that ends with text")
         active = torch.ones(self.B, dtype=torch.bool, device=self.device) if active is None else active.clone()
         self.paused = torch.zeros(self.B, dtype=torch.bool, device=self.device)
         stops = torch.tensor(sampling.stop_tokens, device=self.device, dtype=torch.long)
@@ -350,23 +361,23 @@ class Generator:
         rows = torch.ones(self.B, dtype=torch.bool, device=self.device) if rows is None else rows.to(self.device)
         guided = sampling.cfg_scale != 1.0
         if guided and class_labels is None and self.uncond is None:
-            raise ValueError("cfg_scale != 1 needs class_labels (class guidance) or an unconditional context (prefill uncond=)")
+            raise ConfigError("cfg_scale != 1 needs class_labels (class guidance) or an unconditional context (prefill uncond=)")
         if class_labels is not None:
             if self.model.y_embedder is None:
-                raise ValueError("this model has no class embedding (num_classes=0): do not pass class_labels")
+                raise ConfigError("this model has no class embedding (num_classes=0): do not pass class_labels")
             class_labels = class_labels.to(self.device)
             bad = (class_labels >= self.model.cfg.num_classes) | (class_labels < -1)
             if bool(bad.any()):
-                raise ValueError(f"class label {class_labels[bad][0].item()} is invalid: valid are 0..{self.model.cfg.num_classes - 1} (or -1 = null)")
+                raise ConfigError(f"class label {class_labels[bad][0].item()} is invalid: valid are 0..{self.model.cfg.num_classes - 1} (or -1 = null)")
         full = type(segment)(**{**segment.__dict__, "noisy": False})
         n_blocks = full.num_blocks
         if window is not None:
             if not isinstance(segment, Video):
-                raise ValueError(f"window={window} applies to Video segments only, got {type(segment).__name__}")
+                raise ConfigError(f"window={window} applies to Video segments only, got {type(segment).__name__}")
             if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-                raise ValueError(f"window={window!r} is invalid: must be a positive number of blocks")
+                raise ConfigError(f"window={window!r} is invalid: must be a positive number of blocks")
             if max_context is not None:
-                raise ValueError("give max_context (tokens, positions grow) or window (blocks, positions re-based), not both")
+                raise ConfigError("give max_context (tokens, positions grow) or window (blocks, positions re-based), not both")
         sliding = window is not None and n_blocks > window
         # positions and in-block token order come from the segment, or (sliding) from its first window+1 blocks
         shape = Video((window + 1) * full.frames_per_block, full.h, full.w, full.frames_per_block, noisy=False) if sliding else full

@@ -23,13 +23,13 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from .errors import LayoutError  # re-exported
+
 TEXT, IMAGE, VIDEO, PAD = 0, 1, 2, 3  # modality codes
 PAD_DOC = -1  # padding is its own document; no real token attends to it
 IGNORE = -100  # text target of a position that predicts nothing
 
 
-class LayoutError(ValueError):
-    """A segment or packing request is malformed; the message names the bad value."""
 
 
 def _check_pos_int(name: str, **vals: int) -> None:

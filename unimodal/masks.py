@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import torch
 
+from .errors import LayoutError
+
 
 def scam_allowed(q_unit: Any, q_noisy: Any, q_doc: Any, k_unit: Any, k_noisy: Any, k_doc: Any) -> Any:
     """May query q attend key k? Works elementwise on tensors (broadcasting) and on Python scalars.
@@ -95,7 +97,7 @@ def skip_causal_mask(num_blocks: int, block_size: int) -> torch.Tensor:
         (2·N·B, 2·N·B) boolean mask, True where attention is allowed.
     """
     if num_blocks <= 0 or block_size <= 0:
-        raise ValueError(f"num_blocks={num_blocks} and block_size={block_size} must both be positive")
+        raise LayoutError(f"num_blocks={num_blocks} and block_size={block_size} must both be positive")
     unit = torch.arange(num_blocks).repeat_interleave(block_size).repeat(2)[None]  # (1, 2NB)
     noisy = torch.zeros(1, 2 * num_blocks * block_size, dtype=torch.long)
     noisy[:, num_blocks * block_size :] = 1

@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ConfigError
+
 
 def to_uint8_frames(frames: Any) -> np.ndarray:
     """(F, C, H, W) float in [-1, 1] or uint8 -> (F, H, W, 3) uint8."""
     x = frames.detach().cpu().numpy() if hasattr(frames, "detach") else np.asarray(frames)
     if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"frames must be (F, C, H, W) with C = 1 or 3, got shape {tuple(x.shape)}")
+        raise ConfigError(f"frames must be (F, C, H, W) with C = 1 or 3, got shape {tuple(x.shape)}")
     if x.dtype != np.uint8:
         x = np.rint((np.clip(x.astype(np.float32), -1, 1) + 1) * 127.5).astype(np.uint8)
     x = x.transpose(0, 2, 3, 1)  # (F, H, W, C)
@@ -36,7 +38,7 @@ def write_gif(frames: Any, path: str | Path, fps: float = 4.0) -> Path:
     import imageio.v3 as iio
 
     if fps <= 0:
-        raise ValueError(f"fps={fps} is invalid: must be > 0")
+        raise ConfigError(f"fps={fps} is invalid: must be > 0")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = to_uint8_frames(frames)
@@ -47,11 +49,11 @@ def write_gif(frames: Any, path: str | Path, fps: float = 4.0) -> Path:
 def write_mp4(frames: Any, path: str | Path, fps: float = 4.0) -> Path:
     """Write an H.264 MP4 (needs imageio-ffmpeg); odd sizes are padded by one black row/column."""
     if not mp4_available():
-        raise RuntimeError("writing MP4 needs the imageio-ffmpeg package (pip install imageio-ffmpeg); GIF works without it")
+        raise ConfigError("writing MP4 needs the imageio-ffmpeg package (pip install imageio-ffmpeg); GIF works without it")
     import imageio.v2 as iio2
 
     if fps <= 0:
-        raise ValueError(f"fps={fps} is invalid: must be > 0")
+        raise ConfigError(f"fps={fps} is invalid: must be > 0")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = to_uint8_frames(frames)
@@ -68,7 +70,7 @@ def write_video(frames: Any, path: str | Path, fps: float = 4.0) -> Path:
         return write_gif(frames, path, fps)
     if suffix == ".mp4":
         return write_mp4(frames, path, fps)
-    raise ValueError(f"video path {str(path)!r} has suffix {suffix!r}: must be one of ('.gif', '.mp4')")
+    raise ConfigError(f"video path {str(path)!r} has suffix {suffix!r}: must be one of ('.gif', '.mp4')")
 
 
 def save_frame_grid(videos: Any, path: str | Path, pad: int = 2, max_frames: int | None = None) -> Path:
@@ -84,7 +86,7 @@ def save_frame_grid(videos: Any, path: str | Path, pad: int = 2, max_frames: int
     if v.ndim == 4:
         v = v[None]
     if v.ndim != 5:
-        raise ValueError(f"videos must be (N, F, C, H, W) or (F, C, H, W), got shape {tuple(v.shape)}")
+        raise ConfigError(f"videos must be (N, F, C, H, W) or (F, C, H, W), got shape {tuple(v.shape)}")
     rows = [to_uint8_frames(x) for x in v]  # each (F, H, W, 3)
     cols = list(range(rows[0].shape[0]))
     if max_frames and max_frames < len(cols):  # evenly spaced, first and last included

@@ -26,6 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cli_args import finite_float, positive_int
+from .errors import ConfigError, MissingFileError
+
 EVAL_TASKS = ("easyvqa_vqa", "easyvqa_caption", "easyvqa_t2i", "easyvqa_probe")
 
 
@@ -33,7 +36,7 @@ def config_file(relative: str) -> Path:
     """A file under the shipped `configs/` (installed as package data `unimodal.configs`)."""
     path = Path(str(resources.files("unimodal.configs").joinpath(relative)))
     if not path.is_file():
-        raise FileNotFoundError(f"shipped config {relative!r} not found at {path}")
+        raise MissingFileError(f"shipped config {relative!r} not found at {path}")
     return path
 
 
@@ -69,7 +72,7 @@ def calibrate_steps(cfg: Any, budget_s: float, probe_steps: int = 6) -> tuple[in
 def understanding_samples(ckpt: Any, tok: Any, n: int = 8, seed: int = 0) -> tuple[list[dict[str, str]], torch.Tensor]:
     """Captions and VQA answers for n held-out test images, next to the truth."""
     from .data import load_dataset
-    from .tasks import Captioning, VQA, build_image_bank
+    from .tasks import VQA, Captioning, build_image_bank
 
     test = load_dataset("easyvqa", "test")
     rng = np.random.default_rng(seed)
@@ -131,17 +134,17 @@ def quickstart(
     """Run the whole job; returns a summary (also written to out/summary.json)."""
     from .checkpoint import load_checkpoint
     from .eval import run_eval
+    from .generate import VisualSampling
     from .media import save_image_grid
     from .tasks import TextToImage
-    from .generate import VisualSampling
     from .tokenizers import TextTokenizer
     from .train.config import TrainConfig
     from .train.trainer import train
 
     if minutes <= 0:
-        raise ValueError(f"--minutes {minutes} is invalid: must be > 0")
+        raise ConfigError(f"--minutes {minutes} is invalid: must be > 0")
     if steps is not None and steps < 1:
-        raise ValueError(f"--steps {steps} is invalid: must be >= 1")
+        raise ConfigError(f"--steps {steps} is invalid: must be >= 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -198,10 +201,10 @@ def quickstart(
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="train a tiny unified model on easy-VQA, evaluate it, write a report")
-    p.add_argument("--minutes", type=float, default=10.0, help="training time budget (default 10; eval adds ~3)")
-    p.add_argument("--steps", type=int, default=None, help="train exactly this many steps instead of a time budget")
+    p.add_argument("--minutes", type=finite_float(0.0, 24 * 60, low_open=True), default=10.0, help="training time budget (default 10; eval adds ~3)")
+    p.add_argument("--steps", type=positive_int, default=None, help="train exactly this many steps instead of a time budget")
     p.add_argument("--out", default="quickstart", help="output directory (default ./quickstart)")
-    p.add_argument("--eval-limit", type=int, default=300, help="samples per eval task (default 300)")
+    p.add_argument("--eval-limit", type=positive_int, default=300, help="samples per eval task (default 300)")
     p.add_argument("overrides", nargs="*", help="training config overrides key=value (e.g. batch_size=16)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

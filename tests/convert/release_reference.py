@@ -230,7 +230,7 @@ class ReleaseACDiT(nn.Module):
         from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
         sched = DPMSolverMultistepScheduler.from_config(DDIMScheduler().config)
-        N, B = y.shape[0], self.block_size
+        B = self.block_size
         guided = cfg > 1
         yy = torch.cat([y, torch.full_like(y, self.num_classes)]) if guided else y
         for blk in self.blocks:

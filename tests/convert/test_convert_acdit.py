@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from release_reference import ReleaseACDiT, randomize, release_args, save_release
+
 from unimodal.batch import Example, collate
 from unimodal.checkpoint import CheckpointError, load_checkpoint
 from unimodal.cli import main

@@ -14,6 +14,7 @@ import pytest
 from unimodal.data import UnknownDatasetError, cache_root, dataset_card, get_source, list_datasets, load_dataset
 from unimodal.data import easyvqa as ev
 from unimodal.data import fashion_mnist as fm
+from unimodal.errors import ConfigError
 
 # Shape colours from upstream easy-VQA's generator (color.py); a test-only reference.
 EASYVQA_RGB = {
@@ -45,7 +46,7 @@ def test_registry_names_and_errors(cache: Path) -> None:
         load_dataset("digits", "validation", cache_dir=cache)
     with pytest.raises(ValueError, match="no view 'qa'; views: default"):
         load_dataset("digits", "train", view="qa", cache_dir=cache)
-    with pytest.raises(TypeError, match="unknown option.*paht; valid: path"):
+    with pytest.raises(ConfigError, match="unknown option.*paht; valid: path"):
         load_dataset("fashion_mnist", "train", paht="/x", cache_dir=cache)
 
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from unimodal.data import RecordError, load_dataset
+from unimodal.errors import ConfigError, DataError
 
 
 def _png(value: int, size: int = 6) -> bytes:
@@ -120,5 +121,51 @@ def test_records_file_level_errors(tmp_path: Path) -> None:
         load_dataset("records", path=file)
     with pytest.raises(FileNotFoundError, match="no records file for split 'val'"):
         load_dataset("records", "val", path=tmp_path)
-    with pytest.raises(TypeError, match="records needs path="):
+    with pytest.raises(ConfigError, match="records needs path="):
         load_dataset("records", "train")
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("escape", ["../outside/x.png", "sub/../../outside/x.png", "ABSOLUTE", "link/x.png"])
+def test_record_image_paths_are_confined_to_the_dataset_root(tmp_path: Path, escape: str) -> None:
+    """Audit finding 4: '../' and absolute image paths (and symlinks out) were read and trained on."""
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "x.png").write_bytes(_png(7))
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    path = str(outside / "x.png") if escape == "ABSOLUTE" else escape
+    (root / "train.jsonl").write_text(json.dumps({"image": path, "text": "a caption"}) + "\n")
+    before = _tree_hashes(tmp_path)
+    with pytest.raises(RecordError, match=r"train\.jsonl: record 0, field 'image': .*outside the dataset root") as e:
+        load_dataset("records", "train", path=root)
+    assert "allow_outside_root" in str(e.value)
+    assert _tree_hashes(tmp_path) == before  # nothing written next to the data
+    ok = load_dataset("records", "train", path=root, allow_outside_root=True)  # the explicit opt-in reads it
+    assert np.asarray(ok[0]["image"])[0, 0, 0] == 7
+
+
+def test_records_inside_the_root_still_read_through_subfolders(tmp_path: Path) -> None:
+    (tmp_path / "img" / "a").mkdir(parents=True)
+    (tmp_path / "img" / "a" / "x.png").write_bytes(_png(3))
+    (tmp_path / "train.jsonl").write_text(json.dumps({"image": "img/b/../a/x.png", "text": "t"}) + "\n")
+    assert np.asarray(load_dataset("records", "train", path=tmp_path)[0]["image"])[0, 0, 0] == 3
+    with pytest.raises(ConfigError, match="allow_outside_root must be true or false"):
+        load_dataset("records", "train", path=tmp_path, allow_outside_root="yes")
+
+
+def test_unreadable_record_files_name_the_file_and_record(tmp_path: Path) -> None:
+    """Audit finding 9: non-UTF-8 JSONL and a corrupt parquet named no file or record."""
+    good = json.dumps({"image": "x.png", "text": "t"}).encode()
+    (tmp_path / "x.png").write_bytes(_png(1))
+    (tmp_path / "train.jsonl").write_bytes(good + b"\n" + b'{"image": "x.png", "text": "caf\xe9"}\n')
+    with pytest.raises(RecordError, match=r"train\.jsonl: record 1: is not UTF-8 text"):
+        load_dataset("records", "train", path=tmp_path)
+    (tmp_path / "val.parquet").write_bytes(b"PAR1" + b"\x00garbage" * 10)
+    with pytest.raises(DataError, match=r"val\.parquet is not a readable parquet file"):
+        load_dataset("records", "val", path=tmp_path)

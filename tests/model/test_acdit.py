@@ -2,8 +2,8 @@ import copy
 
 import pytest
 import torch
-
 from model_helpers import randomize_
+
 from unimodal.batch import Example, collate
 from unimodal.layout import Image, Layout, Text, Video
 from unimodal.model import create_model

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import randomize_
 from PIL import Image as PILImage
 
-from model_helpers import randomize_
 from unimodal.config import VisualConfig
 from unimodal.model import create_model
 from unimodal.tasks import ClassToImage, build_mixture

@@ -8,8 +8,8 @@ from unimodal.layout import IGNORE, TEXT
 from unimodal.model import create_model
 from unimodal.tasks import (
     ImageBank,
-    TaskMixture,
     RecordError,
+    TaskMixture,
     build_image_bank,
     build_mixture,
     get_task_class,
@@ -184,3 +184,19 @@ def test_label_out_of_the_models_range_is_named():
     assert task.example(bank, 0, np.random.default_rng(0)).class_label == 1
     with pytest.raises(RecordError, match="fake record 1: label 12 is out of range for a model of 10 classes"):
         task.example(bank, 1, np.random.default_rng(0))
+
+
+def test_long_record_text_is_truncated_and_counted(tok, bank):
+    """Audit finding 6: a 2 MB answer tried to allocate terabytes; now it is cut to max_text_tokens."""
+    vqa = get_task_class("vqa")(V, tok, max_text_tokens=12)
+    short = "what color is the shape"
+    assert vqa.encode(short) == tok.encode(short) and vqa.truncated_texts == 0
+    huge = "the shape is red " * 120_000  # ~2 MB
+    with pytest.warns(UserWarning, match="max_text_tokens=12"):
+        ids = vqa.encode(huge)
+    assert ids == tok.encode(huge[:2000])[:12] and vqa.truncated_texts == 1
+    long_bank = ImageBank(bank.tokens, {**bank.columns, "answers": [[huge] * len(q) for q in bank.columns["questions"]]}, bank.name)
+    ex = vqa.example(long_bank, 0, np.random.default_rng(0))
+    assert int((ex.layout.modality == TEXT).sum()) <= 2 * 12 + 8  # question and answer both bounded (+ specials)
+    with pytest.raises(ValueError, match="max_text_tokens must be an integer >= 1"):
+        get_task_class("vqa")(V, tok, max_text_tokens=0)

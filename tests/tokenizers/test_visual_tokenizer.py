@@ -112,7 +112,7 @@ def test_vae_tokenizer_scales_latents(tiny_vae_dir: Path, rng: torch.Generator) 
 
 
 def test_vae_errors_name_the_directory(tiny_vae_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nope'} does not exist"):
+    with pytest.raises(FileNotFoundError, match=f"'{tmp_path / 'nope'}' does not exist"):
         VAETokenizer.from_pretrained(tmp_path / "nope")
     (tmp_path / "pipe" / "vae").mkdir(parents=True)
     (tmp_path / "pipe" / "vae" / "config.json").write_text("{}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from model_helpers import randomize_
+
 from unimodal.batch import Example, collate
 from unimodal.config import VisualConfig
 from unimodal.generate import BlockEvent, Generator, VisualEvent, VisualSampling

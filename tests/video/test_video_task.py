@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from model_helpers import randomize_
+
 from unimodal.batch import Example, collate
 from unimodal.config import VisualConfig
 from unimodal.diffusion.loss import compute_loss

@@ -35,9 +35,15 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointError, load_state_into, save_checkpoint, state_mismatch
+from ..checkpoint import (
+    CheckpointError,
+    load_state_into,
+    save_checkpoint,
+    state_mismatch,
+)
 from ..config import ConfigError, ModelConfig, VisualConfig
 from ..diffusion.schedule import ScheduleConfig
+from ..errors import check_path
 from ..model import ACDiT
 
 SOURCE = "acdit-official"
@@ -63,8 +69,7 @@ def read_release_checkpoint(path: str | Path) -> dict[str, Any]:
             or a file that is not a dict with `model` and `args`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"release checkpoint {str(path)!r} does not exist")
+    check_path(path, "release checkpoint", kind="file", cls=CheckpointError)
 
     def load(mmap: bool) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -79,12 +84,15 @@ def read_release_checkpoint(path: str | Path) -> dict[str, Any]:
             obj = load(mmap=False)  # legacy (non-zip) serialization
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if not found and "weights_only" not in str(e).lower() and "unsupported global" not in str(e).lower():
+            first = str(e).splitlines()[0] if str(e) else ""  # e.g. "invalid load key": random bytes, not a pickle
+            raise CheckpointError(f"release checkpoint {str(path)!r} is not a torch.save file ({first})") from None
         what = f"a pickled object of type {found.group(1)}" if found else "a pickled object"
         raise CheckpointError(
             f"release checkpoint {str(path)!r} holds {what}, which is not allowed: only tensors, containers "
             "and argparse.Namespace are read (nothing else is unpickled)"
         ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001  (random bytes raise IndexError, struct.error, ... inside the unpickler)
         first = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(
             f"release checkpoint {str(path)!r} is truncated or not a torch.save file ({type(e).__name__}: {first})"
@@ -264,8 +272,7 @@ def convert_acdit(
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
         raise CheckpointError(f"output {str(output_dir)!r} exists and is not empty: pass overwrite (--overwrite) to replace it")
     if vae_dir is not None:
-        if not Path(vae_dir).is_dir():
-            raise CheckpointError(f"VAE directory {str(vae_dir)!r} does not exist")
+        check_path(vae_dir, "VAE directory", kind="dir", cls=CheckpointError)
         vae_dir = str(Path(vae_dir).resolve())
     ckpt = read_release_checkpoint(input_path)
     which = "ema" if use_ema else "model"

@@ -7,8 +7,13 @@
 Importing this package registers the built-in sources.
 """
 
-from unimodal.data import digits, easyvqa, fashion_mnist, local  # noqa: F401  (register the sources)
-from unimodal.data import moving_fmnist  # noqa: F401  (registers moving_fmnist)
+from unimodal.data import (  # noqa: F401  (register the sources)
+    digits,
+    easyvqa,
+    fashion_mnist,
+    local,
+    moving_fmnist,  # noqa: F401  (registers moving_fmnist)
+)
 from unimodal.data.local import RecordError
 from unimodal.data.registry import (
     DatasetSource,

@@ -11,6 +11,8 @@ import numpy as np
 
 from unimodal.data.registry import DatasetSource, format_card, register_dataset
 
+from ..errors import DataError
+
 N_TRAIN = 1500  # first 1,500 in file order train, the remaining 297 test: fixed, no shuffling
 
 
@@ -29,7 +31,7 @@ def split_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
     images, labels = load_arrays()
     part = {"train": slice(0, N_TRAIN), "test": slice(N_TRAIN, None)}
     if split not in part:
-        raise ValueError(f"digits has no split {split!r}; splits: train, test")
+        raise DataError(f"digits has no split {split!r}; splits: train, test")
     return images[part[split]], labels[part[split]]
 
 

@@ -26,6 +26,8 @@ from PIL import Image
 
 from unimodal.data.registry import DatasetSource, format_card, register_dataset
 
+from ..errors import DataError, MissingFileError
+
 COLORS = ("black", "gray", "red", "green", "blue", "yellow", "teal", "brown")
 SHAPES = ("circle", "rectangle", "triangle")
 IMAGE_SIZE = 64
@@ -70,7 +72,7 @@ def infer_attributes(questions: Sequence[str], answers: Sequence[str]) -> tuple[
         for attr, value, holds in question_facts(question, answer) or ():
             allowed[attr] = allowed[attr] & {value} if holds else allowed[attr] - {value}
             if not allowed[attr]:
-                raise ValueError(f"answers contradict each other about the {attr} (at {question!r} -> {answer!r})")
+                raise DataError(f"answers contradict each other about the {attr} (at {question!r} -> {answer!r})")
     color, shape = (next(iter(allowed[a])) if len(allowed[a]) == 1 else "" for a in ("color", "shape"))
     return color, shape
 
@@ -104,7 +106,7 @@ def _image_bytes(path: str) -> bytes:
     data = Path(path).read_bytes()
     with Image.open(path) as im:  # header only: checks the file without decoding pixels
         if im.size != (IMAGE_SIZE, IMAGE_SIZE) or im.mode != "RGB":
-            raise ValueError(
+            raise DataError(
                 f"easy-VQA image {path} is {im.mode} {im.size[0]}x{im.size[1]}, expected RGB {IMAGE_SIZE}x{IMAGE_SIZE}"
             )
     return data
@@ -165,7 +167,7 @@ class EasyVQA(DatasetSource):
         paths = _image_paths(split)
         missing = sorted(set(by_image) - set(paths))
         if missing:
-            raise FileNotFoundError(f"easy-VQA {split}: questions refer to images with no file: ids {missing[:10]}")
+            raise MissingFileError(f"easy-VQA {split}: questions refer to images with no file: ids {missing[:10]}")
         for image_id in sorted(paths):
             image = {"bytes": _image_bytes(paths[image_id]), "path": None}
             questions, answers = by_image.get(image_id, ([], []))
@@ -176,7 +178,7 @@ class EasyVQA(DatasetSource):
             try:
                 color, shape = infer_attributes(questions, answers)
             except ValueError as err:
-                raise ValueError(f"easy-VQA {split} image {image_id}: {err}") from None
+                raise DataError(f"easy-VQA {split} image {image_id}: {err}") from None
             caption = caption_for(color, shape)
             yield {
                 "image": image,

@@ -20,6 +20,8 @@ from PIL import Image
 
 from unimodal.data.registry import DatasetSource, format_card, register_dataset
 
+from ..errors import DataError, MissingFileError
+
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 PATH_ENV = "UNIMODAL_FASHION_MNIST"
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -41,11 +43,11 @@ def _open(path: Path) -> BinaryIO:
 def _parse_header(f: BinaryIO, path: Path) -> tuple[np.dtype, tuple[int, ...]]:
     magic = f.read(4)
     if len(magic) != 4 or magic[:2] != b"\x00\x00" or magic[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (magic bytes {magic.hex()})")
+        raise DataError(f"{path} is not an IDX file (magic bytes {magic.hex()})")
     ndim = magic[3]
     dims = f.read(4 * ndim)
     if len(dims) != 4 * ndim:
-        raise ValueError(f"{path}: IDX header truncated")
+        raise DataError(f"{path}: IDX header truncated")
     return np.dtype(_IDX_DTYPES[magic[2]]), struct.unpack(f">{ndim}I", dims)
 
 
@@ -64,7 +66,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         data = f.read()
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) != expected:
-        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but the file holds {len(data)} bytes")
+        raise DataError(f"{path}: header says shape {shape} ({expected} bytes) but the file holds {len(data)} bytes")
     return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -78,7 +80,7 @@ def data_dir(path: str | os.PathLike | None = None) -> Path:
 def split_files(split: str, path: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """(images, labels) IDX paths of a split; the error lists every missing file."""
     if split not in FILES:
-        raise ValueError(f"Fashion-MNIST has no split {split!r}; splits: {', '.join(FILES)}")
+        raise DataError(f"Fashion-MNIST has no split {split!r}; splits: {', '.join(FILES)}")
     root = data_dir(path)
     found, missing = [], []
     for stem in FILES[split]:
@@ -86,7 +88,7 @@ def split_files(split: str, path: str | os.PathLike | None = None) -> tuple[Path
         (found if hit else missing).append(hit or stem)
     if missing:
         where = "does not exist" if not root.is_dir() else f"holds {sorted(p.name for p in root.iterdir()) or 'nothing'}"
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Fashion-MNIST {split} files missing in {root}: {', '.join(f'{m}[.gz]' for m in missing)} "
             f"(the directory {where}; install the Debian package dataset-fashion-mnist, or pass path= / set ${PATH_ENV})"
         )
@@ -98,12 +100,12 @@ def load_arrays(split: str, path: str | os.PathLike | None = None) -> tuple[np.n
     images_path, labels_path = split_files(split, path)
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels) or images.dtype != np.uint8:
-        raise ValueError(
+        raise DataError(
             f"Fashion-MNIST {split}: images {images_path} {images.dtype}{images.shape} do not match "
             f"labels {labels_path} {labels.shape}; expected uint8 (N, H, W) and (N,)"
         )
     if labels.size and not 0 <= labels.min() <= labels.max() < len(CLASSES):
-        raise ValueError(f"Fashion-MNIST {split}: labels in {labels_path} outside 0..{len(CLASSES) - 1}")
+        raise DataError(f"Fashion-MNIST {split}: labels in {labels_path} outside 0..{len(CLASSES) - 1}")
     return images, labels.astype(np.int64)
 
 

@@ -30,19 +30,20 @@ from PIL import Image, UnidentifiedImageError
 
 from unimodal.data.registry import DatasetSource, format_card, register_dataset
 
+from ..errors import (
+    ConfigError,
+    DataError,
+    MissingFileError,
+    RecordError,  # re-exported
+    check_path,
+)
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 RECORD_EXTENSIONS = (".parquet", ".jsonl", ".json")
 RecordKind = Literal["auto", "caption", "vqa"]
 KIND_FIELDS: dict[str, tuple[str, ...]] = {"caption": ("image", "text"), "vqa": ("image", "question", "answer")}
 
 
-class RecordError(ValueError):
-    """A bad record: `source` (file), `index` (0-based record number) and `field` say where."""
-
-    def __init__(self, source: str | os.PathLike, index: int, field: str | None, problem: str) -> None:
-        self.source, self.index, self.field = str(source), index, field
-        where = f"record {index}" + (f", field {field!r}" if field else "")
-        super().__init__(f"{source}: {where}: {problem}")
 
 
 def _checked_image_bytes(data: bytes, source: str | os.PathLike, index: int, field: str = "image") -> bytes:
@@ -60,12 +61,12 @@ def _checked_image_bytes(data: bytes, source: str | os.PathLike, index: int, fie
 def _split_root(path: str | os.PathLike, split: str | None) -> Path:
     root = Path(path)
     if not root.is_dir():
-        raise FileNotFoundError(f"imagefolder path {root} is not a directory")
+        raise MissingFileError(f"imagefolder path {root} is not a directory")
     if split is None:
         return root
     if not (root / split).is_dir():
         subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no split folder {root / split}; subfolders of {root}: {subdirs} (split=None reads {root} itself)"
         )
     return root / split
@@ -92,21 +93,21 @@ class ImageFolder(DatasetSource):
         self, split: str | None, path: str | os.PathLike | None = None, classes: Sequence[str] | None = None
     ) -> dict[str, Any]:
         if path is None:
-            raise TypeError("imagefolder needs path= (a directory of class subfolders)")
+            raise ConfigError("imagefolder needs path= (a directory of class subfolders)")
         root = _split_root(path, split)
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         strays = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if strays:
-            raise ValueError(
+            raise DataError(
                 f"imagefolder {root}: images must sit in class subfolders, found {strays[:5]} directly in it"
             )
         if not found:
-            raise ValueError(f"imagefolder {root} has no class subfolders")
+            raise DataError(f"imagefolder {root} has no class subfolders")
         if classes is None:
             classes = found
         unknown = sorted(set(found) - set(classes))
         if unknown:
-            raise ValueError(f"imagefolder {root}: subfolders {unknown} are not in classes={list(classes)}")
+            raise DataError(f"imagefolder {root}: subfolders {unknown} are not in classes={list(classes)}")
         return {"path": str(Path(path).resolve()), "classes": list(classes)}
 
     def examples(
@@ -155,32 +156,69 @@ def _records_file(path: str | os.PathLike, split: str | None) -> Path:
     p = Path(path)
     if p.is_file():
         return p  # a file is the split, whatever its name
-    if not p.is_dir():
-        raise FileNotFoundError(f"records path {p} does not exist")
+    check_path(p, "records path", kind="dir")
     if split is None:
-        raise ValueError(
+        raise DataError(
             f"records path {p} is a directory: pass split= to read {p}/<split>{{{','.join(RECORD_EXTENSIONS)}}}"
         )
     for ext in RECORD_EXTENSIONS:
         if (p / f"{split}{ext}").is_file():
             return p / f"{split}{ext}"
     looked = ", ".join(split + ext for ext in RECORD_EXTENSIONS)
-    raise FileNotFoundError(f"no records file for split {split!r} in {p}: looked for {looked}")
+    raise MissingFileError(f"no records file for split {split!r} in {p}: looked for {looked}")
 
 
 def _read_records(file: Path) -> Iterator[Any]:
+    """Yield the records of a parquet or JSON-lines file; a broken file or line names itself."""
     if file.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=256):
-            yield from batch.to_pylist()
+        try:
+            batches = pq.ParquetFile(file).iter_batches(batch_size=256)
+            for batch in batches:
+                yield from batch.to_pylist()
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"records file {file} is not a readable parquet file ({one_line(err)})") from None
         return
-    with file.open(encoding="utf-8") as f:
-        for line_no, line in enumerate((raw for raw in f if raw.strip()), start=0):
+    with file.open("rb") as f:
+        index = 0
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise RecordError(file, index, None, f"is not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 1]!r})") from None
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as err:
-                raise RecordError(file, line_no, None, f"invalid JSON ({err.msg} at column {err.colno})") from None
+                raise RecordError(file, index, None, f"invalid JSON ({err.msg} at column {err.colno})") from None
+            index += 1
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _confined(path: str, file: Path, index: int, allow_outside_root: bool) -> Path:
+    """Resolve a record's image path against the records file's folder, refusing escapes.
+
+    A relative path is read relative to the folder holding the records file (the dataset
+    root). After resolving symlinks and ``..`` the file must lie inside that root, unless the
+    source opts in with ``allow_outside_root=True``; absolute paths are allowed only then.
+    """
+    root = file.parent.resolve()
+    given = Path(path)
+    if given.is_absolute() and not allow_outside_root:
+        raise RecordError(file, index, "image", f"absolute path {path!r} is outside the dataset root {root} "
+                          "(use a path relative to the records file, or pass allow_outside_root=true)")
+    full = (given if given.is_absolute() else root / given).resolve()
+    if not allow_outside_root and not full.is_relative_to(root):
+        raise RecordError(file, index, "image", f"path {path!r} resolves to {full}, outside the dataset root {root} "
+                          "(pass allow_outside_root=true to read it anyway)")
+    return full
 
 
 def _record_kind(record: Any, file: Path) -> str:
@@ -196,7 +234,7 @@ def _record_kind(record: Any, file: Path) -> str:
     )
 
 
-def _image_from_record(value: Any, file: Path, index: int) -> dict[str, Any]:
+def _image_from_record(value: Any, file: Path, index: int, allow_outside_root: bool = False) -> dict[str, Any]:
     path: str | None = None
     data: bytes | None = None
     if isinstance(value, dict):
@@ -211,9 +249,10 @@ def _image_from_record(value: Any, file: Path, index: int) -> dict[str, Any]:
     if data is None:
         if not path:
             raise RecordError(file, index, "image", "has neither bytes nor a path")
-        full = Path(path) if Path(path).is_absolute() else file.parent / path
+        full = _confined(path, file, index, allow_outside_root)
         if not full.is_file():
-            raise RecordError(file, index, "image", f"file {full} does not exist")
+            problem = f"{full} is a directory, not an image file" if full.is_dir() else f"file {full} does not exist"
+            raise RecordError(file, index, "image", problem)
         data = full.read_bytes()
     # path=None keeps the bytes: `datasets` stores only the path of an existing file otherwise
     return {"bytes": _checked_image_bytes(data, file, index), "path": None}
@@ -231,24 +270,35 @@ class Records(DatasetSource):
         return datasets.Features({f: datasets.Image() if f == "image" else datasets.Value("string") for f in fields})
 
     def resolve_options(
-        self, split: str | None, path: str | os.PathLike | None = None, kind: RecordKind = "auto"
+        self,
+        split: str | None,
+        path: str | os.PathLike | None = None,
+        kind: RecordKind = "auto",
+        allow_outside_root: bool = False,
     ) -> dict[str, Any]:
         if path is None:
-            raise TypeError("records needs path= (a .parquet/.jsonl file, or a directory of <split> files)")
+            raise ConfigError("records needs path= (a .parquet/.jsonl file, or a directory of <split> files)")
         if kind not in ("auto", *KIND_FIELDS):
-            raise ValueError(f"records kind must be one of {('auto', *KIND_FIELDS)}, got {kind!r}")
+            raise DataError(f"records kind must be one of {('auto', *KIND_FIELDS)}, got {kind!r}")
         file = _records_file(path, split)
         if file.suffix not in RECORD_EXTENSIONS:
-            raise ValueError(f"records file {file} must end in one of {RECORD_EXTENSIONS}")
+            raise DataError(f"records file {file} must end in one of {RECORD_EXTENSIONS}")
         if kind == "auto":
             first = next(_read_records(file), None)
             if first is None:
-                raise ValueError(f"records file {file} holds no records")
+                raise DataError(f"records file {file} holds no records")
             kind = _record_kind(first, file)  # type: ignore[assignment]
-        return {"path": str(file.resolve()), "kind": kind}
+        if not isinstance(allow_outside_root, bool):
+            raise ConfigError(f"records allow_outside_root must be true or false, got {allow_outside_root!r}")
+        return {"path": str(file.resolve()), "kind": kind, "allow_outside_root": allow_outside_root}
 
     def examples(
-        self, split: str | None, view: str, path: str | os.PathLike | None = None, kind: RecordKind = "auto"
+        self,
+        split: str | None,
+        view: str,
+        path: str | os.PathLike | None = None,
+        kind: RecordKind = "auto",
+        allow_outside_root: bool = False,
     ) -> Iterator[dict[str, Any]]:
         assert path is not None and kind in KIND_FIELDS
         file = Path(path)
@@ -259,7 +309,7 @@ class Records(DatasetSource):
             for field in fields:
                 if record.get(field) is None:
                     raise RecordError(file, index, field, f"is missing (a {kind} record needs {', '.join(fields)})")
-            example: dict[str, Any] = {"image": _image_from_record(record["image"], file, index)}
+            example: dict[str, Any] = {"image": _image_from_record(record["image"], file, index, allow_outside_root)}
             for field in fields[1:]:
                 value = record[field]
                 if not isinstance(value, str) or not value.strip():
@@ -273,9 +323,10 @@ class Records(DatasetSource):
             "Local image-text or VQA records from a parquet or JSON-lines file.",
             {
                 "options": "path (a file, or a directory holding <split>.parquet/.jsonl/.json), "
-                "kind ('auto' from the first record, 'caption' or 'vqa')",
+                "kind ('auto' from the first record, 'caption' or 'vqa'), "
+                "allow_outside_root (default false: image paths must resolve inside the records file's folder)",
                 "records": "caption: image, text; vqa: image, question, answer",
-                "image field": "a path (relative to the records file), bytes, or {'bytes', 'path'}",
+                "image field": "a path (relative to the records file, confined to its folder), bytes, or {'bytes', 'path'}",
                 "licence": "whatever the user's data has",
             },
             ["Every record is validated as it is read; a bad one raises RecordError naming its index and field."],

@@ -27,6 +27,8 @@ from PIL import Image
 from unimodal.data.fashion_mnist import CLASSES, data_dir, load_arrays, split_files
 from unimodal.data.registry import DatasetSource, format_card, register_dataset
 
+from ..errors import ConfigError
+
 DEFAULT_SEQUENCES = {"train": 2000, "test": 500}
 STEP = 0.1  # displacement per frame as a fraction of the free range (Moving-MNIST's step_length)
 _SPLIT_SEED = {"train": 0, "test": 1}
@@ -34,7 +36,7 @@ _SPLIT_SEED = {"train": 0, "test": 1}
 
 def _positive(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"moving_fmnist option {name}={value!r} is invalid: must be a positive integer")
+        raise ConfigError(f"moving_fmnist option {name}={value!r} is invalid: must be a positive integer")
     return int(value)
 
 
@@ -118,7 +120,7 @@ class MovingFashionMNIST(DatasetSource):
             "seed": int(seed),
         }
         if opts["item_size"] > opts["canvas"]:
-            raise ValueError(f"moving_fmnist item_size={item_size} is larger than canvas={canvas}")
+            raise ConfigError(f"moving_fmnist item_size={item_size} is larger than canvas={canvas}")
         split_files(split, path)  # fail before any cache directory is made
         return {**opts, "path": str(data_dir(path).resolve())}
 

@@ -32,6 +32,8 @@ from typing import Any, ClassVar, TypeVar
 import datasets
 from datasets.exceptions import DatasetGenerationError
 
+from ..errors import ConfigError, DataError, UnknownNameError
+
 CACHE_ENV = "UNIMODAL_CACHE"
 
 
@@ -72,11 +74,8 @@ class DatasetSource(abc.ABC):
         """A markdown description: size, splits, licence, source, what is derived."""
 
 
-class UnknownDatasetError(KeyError):
+class UnknownDatasetError(UnknownNameError):
     """An unregistered dataset name; the message lists the close matches."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0])
 
 
 _REGISTRY: dict[str, DatasetSource] = {}
@@ -142,9 +141,9 @@ def load_dataset(
     """
     source = get_source(name)
     if view not in source.views:
-        raise ValueError(f"dataset {name!r} has no view {view!r}; views: {', '.join(source.views)}")
+        raise DataError(f"dataset {name!r} has no view {view!r}; views: {', '.join(source.views)}")
     if source.splits and split not in source.splits:
-        raise ValueError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(source.splits)}")
+        raise DataError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(source.splits)}")
     _check_options(source, options)
     options = source.resolve_options(split, **options)
     use_cache = source.cached if cache is None else cache
@@ -163,7 +162,7 @@ def load_dataset(
     try:
         return datasets.Dataset.load_from_disk(str(final))
     except Exception as err:  # only a hand-edited cache gets here: the build itself is atomic
-        raise RuntimeError(f"cached dataset {final} is unreadable ({err}); delete that directory to rebuild it") from err
+        raise DataError(f"cached dataset {final} is unreadable ({err}); delete that directory to rebuild it") from err
 
 
 def _check_options(source: DatasetSource, options: dict[str, Any]) -> None:
@@ -171,7 +170,7 @@ def _check_options(source: DatasetSource, options: dict[str, Any]) -> None:
     valid = [p for p in params if p not in ("split", "view") and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise TypeError(
+        raise ConfigError(
             f"dataset {source.name!r} got unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid) or '(none)'}"
         )
 

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import DataError
+
 _MODES = {1: "L", 3: "RGB"}
 
 
@@ -33,11 +35,11 @@ def to_tensor_images(
         (B, channels, H, W) float32 in [-1, 1].
     """
     if channels not in _MODES:
-        raise ValueError(f"channels must be one of {sorted(_MODES)}, got {channels}")
+        raise DataError(f"channels must be one of {sorted(_MODES)}, got {channels}")
     if not images:
-        raise ValueError("to_tensor_images got no images")
+        raise DataError("to_tensor_images got no images")
     if not 0 <= pad_value <= 255:
-        raise ValueError(f"pad_value is a pixel value in 0..255, got {pad_value}")
+        raise DataError(f"pad_value is a pixel value in 0..255, got {pad_value}")
     arrays = []
     for index, im in enumerate(images):
         im = im.convert(_MODES[channels])
@@ -47,14 +49,14 @@ def to_tensor_images(
         arr = np.asarray(im, dtype=np.uint8)
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
         if arrays and arr.shape != arrays[0].shape:
-            raise ValueError(f"image {index} has size {arr.shape[1:]} but image 0 has {arrays[0].shape[1:]}; pass size=")
+            raise DataError(f"image {index} has size {arr.shape[1:]} but image 0 has {arrays[0].shape[1:]}; pass size=")
         arrays.append(arr)
     batch = np.stack(arrays)  # (B, C, H, W) uint8
     if pad_to is not None:
         ph, pw = (pad_to, pad_to) if isinstance(pad_to, int) else pad_to
         H, W = batch.shape[-2:]
         if ph < H or pw < W:
-            raise ValueError(f"pad_to={pad_to} is smaller than the images ({H}x{W})")
+            raise DataError(f"pad_to={pad_to} is smaller than the images ({H}x{W})")
         top, left = (ph - H) // 2, (pw - W) // 2
         batch = np.pad(batch, ((0, 0), (0, 0), (top, ph - H - top), (left, pw - W - left)), constant_values=pad_value)
     return torch.from_numpy(batch).float().div_(127.5).sub_(1.0)
@@ -66,6 +68,6 @@ def to_pil_images(images: torch.Tensor) -> list[Image.Image]:
     Values are clamped to [-1, 1] and rounded to the nearest 8-bit level.
     """
     if images.ndim != 4 or images.shape[1] not in _MODES:
-        raise ValueError(f"expected (B, 1 or 3, H, W) images, got shape {tuple(images.shape)}")
+        raise DataError(f"expected (B, 1 or 3, H, W) images, got shape {tuple(images.shape)}")
     pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
     return [Image.fromarray(p[0] if p.shape[0] == 1 else p.transpose(1, 2, 0)) for p in pixels]

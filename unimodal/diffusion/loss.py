@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..batch import SequenceBatch
+from ..errors import LayoutError
 from ..layout import IGNORE
 from .schedule import NoiseSchedule
 
@@ -83,6 +84,6 @@ def compute_loss(
         parts["text"] = F.cross_entropy(out.text_logits[sel].float(), batch.text_target[sel])
         total = weights.text * parts["text"] if total is None else total + weights.text * parts["text"]
     if total is None:
-        raise ValueError("batch has neither noisy visual tokens nor text targets: nothing to train")
+        raise LayoutError("batch has neither noisy visual tokens nor text targets: nothing to train")
     parts["loss"] = total
     return parts

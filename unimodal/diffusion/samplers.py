@@ -22,9 +22,16 @@ import inspect
 from typing import Any, Callable
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+)
 
 from unimodal.diffusion.schedule import NoiseSchedule, ScheduleConfig
+
+from ..errors import ConfigError
 
 # name -> (diffusers class, constructor defaults). clip_sample is off: latents are not confined to [-1, 1].
 _SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
@@ -147,9 +154,9 @@ def create_sampler(name: str, steps: int, schedule: ScheduleConfig | None = None
     if key not in _SAMPLERS:
         close = difflib.get_close_matches(name, list_samplers(), n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown sampler {name!r}; valid samplers: {list_samplers()}.{hint}")
+        raise ConfigError(f"unknown sampler {name!r}; valid samplers: {list_samplers()}.{hint}")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
-        raise ValueError(f"steps={steps!r} is invalid: must be a positive integer")
+        raise ConfigError(f"steps={steps!r} is invalid: must be a positive integer")
     cls, defaults = _SAMPLERS[key]
     step_kwargs = dict(_STEP_KWARGS.get(key, {}))
     schedule_kwargs = NoiseSchedule(schedule or ScheduleConfig()).diffusers_config()
@@ -160,14 +167,14 @@ def create_sampler(name: str, steps: int, schedule: ScheduleConfig | None = None
         if k in step_kwargs:
             step_kwargs[k] = v
         elif k in schedule_kwargs:
-            raise ValueError(f"{k!r} belongs to the noise schedule: set it in ScheduleConfig, not in create_sampler")
+            raise ConfigError(f"{k!r} belongs to the noise schedule: set it in ScheduleConfig, not in create_sampler")
         elif k in valid:
             init_kwargs[k] = v
         else:
             options = [*step_kwargs, *valid]
             close = difflib.get_close_matches(k, options, n=3)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ValueError(f"unknown option {k!r} for sampler {key!r}; valid options: {options}.{hint}")
+            raise ConfigError(f"unknown option {k!r} for sampler {key!r}; valid options: {options}.{hint}")
     scheduler = cls(**schedule_kwargs, **init_kwargs)
     return (_EulerSampler if key == "euler" else Sampler)(key, scheduler, steps, step_kwargs)
 

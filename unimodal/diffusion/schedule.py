@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from unimodal.config import ConfigError
+from ..errors import ConfigError
 
 BetaSchedule = Literal["linear"]
 PredictionType = Literal["epsilon", "v_prediction"]
@@ -93,7 +93,7 @@ class NoiseSchedule:
         if t.dtype.is_floating_point or t.dtype == torch.bool:
             raise TypeError(f"timesteps must be an integer tensor, got dtype {t.dtype}")
         if t.ndim >= like.ndim or any(n not in (1, m) for n, m in zip(t.shape, like.shape)):
-            raise ValueError(
+            raise ConfigError(
                 f"timesteps of shape {tuple(t.shape)} must broadcast against a prefix of the leading dims "
                 f"{tuple(like.shape[:-1])} of a tensor of shape {tuple(like.shape)}"
             )

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..batch import SequenceBatch
 from ..config import ModelConfig
+from ..errors import ConfigError
 from ..layout import TEXT
 from ..masks import dense_mask, scam_block_mask
 from .kv_cache import KVCache
@@ -280,7 +281,7 @@ class ACDiT(nn.Module):
         """
         for i in hidden_layers:
             if not 0 <= i <= self.cfg.n_layer:
-                raise ValueError(f"hidden layer {i} out of range: valid are 0..{self.cfg.n_layer}")
+                raise ConfigError(f"hidden layer {i} out of range: valid are 0..{self.cfg.n_layer}")
         x = self.embed(batch)  # (B, L, D)
         c = self.condition(batch)  # (B, NB, D) or None
         cos, sin = rope_tables(batch.pos, self.cfg.rope_axes, self.cfg.rope_theta, self.cfg.rope_style)

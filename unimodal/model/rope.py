@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
+
 
 def rope_tables(
     pos: torch.Tensor, axes: tuple[int, int, int], theta: float, style: str = "mrope"
@@ -43,7 +45,7 @@ def rope_tables(
         elif style == "acdit":
             inv = theta ** (-torch.linspace(0, hd, d // 2, device=pos.device, dtype=torch.float64) / hd)
         else:
-            raise ValueError(f"rope style {style!r} is invalid: must be one of ('mrope', 'acdit')")
+            raise ConfigError(f"rope style {style!r} is invalid: must be one of ('mrope', 'acdit')")
         parts.append(p[..., a, None] * inv.float())  # (B, L, d/2)
     if style == "mrope":
         half = torch.cat(parts, dim=-1)  # (B, L, hd/2)

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, overload
 
 import sentencepiece as spm
 
+from ..errors import ConfigError, MissingFileError
+
 if TYPE_CHECKING:  # transformers is heavy to import; only `to_transformers` needs it
     from transformers import LlamaTokenizer
 
@@ -78,7 +80,7 @@ def _sentences(source: Iterable[str] | str | os.PathLike | Iterable[os.PathLike]
         if isinstance(item, os.PathLike):
             path = Path(item)
             if not path.is_file():
-                raise FileNotFoundError(f"tokenizer training file not found: {path}")
+                raise MissingFileError(f"tokenizer training file not found: {path}")
             with path.open(encoding="utf-8") as f:
                 lines: Iterable[str] = (line.rstrip("\n") for line in f)
                 yield from (line for line in lines if line)
@@ -120,7 +122,7 @@ class TextTokenizer:
         for piece, want in SPECIAL_IDS.items():
             got = self._sp.piece_to_id(piece)
             if got != want:
-                raise ValueError(
+                raise ConfigError(
                     f"tokenizer model has {piece} at id {got}, expected {want}; "
                     "it was not trained by TextTokenizer.train"
                 )
@@ -152,7 +154,7 @@ class TextTokenizer:
         sentences = _sentences(texts)
         first = next(sentences, None)
         if first is None:
-            raise ValueError("cannot train a tokenizer on an empty corpus (no non-empty lines)")
+            raise ConfigError("cannot train a tokenizer on an empty corpus (no non-empty lines)")
 
         def all_sentences() -> Iterator[str]:
             yield first
@@ -174,13 +176,13 @@ class TextTokenizer:
         model_path = directory / MODEL_FILE
         if not model_path.is_file():
             what = "directory does not exist" if not directory.is_dir() else f"no {MODEL_FILE} in it"
-            raise FileNotFoundError(f"cannot load tokenizer from {directory}: {what} (looked for {model_path})")
+            raise MissingFileError(f"cannot load tokenizer from {directory}: {what} (looked for {model_path})")
         tok = cls(model_path.read_bytes())
         meta_path = directory / META_FILE
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
             if meta.get("special_ids") != SPECIAL_IDS or meta.get("vocab_size") != tok.vocab_size:
-                raise ValueError(f"{meta_path} disagrees with {model_path}: {meta} vs vocab_size={tok.vocab_size}, {SPECIAL_IDS}")
+                raise ConfigError(f"{meta_path} disagrees with {model_path}: {meta} vs vocab_size={tok.vocab_size}, {SPECIAL_IDS}")
         return tok
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -222,7 +224,7 @@ class TextTokenizer:
             return [self.decode(row) for row in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise ValueError(f"token ids out of range [0, {self.vocab_size}): {bad[:10]}")
+            raise ConfigError(f"token ids out of range [0, {self.vocab_size}): {bad[:10]}")
         return self._sp.decode(ids)
 
     def id_to_piece(self, token_id: int) -> str:
@@ -299,7 +301,7 @@ def load_transformers(directory: str | os.PathLike) -> LlamaTokenizer:
 
     directory = Path(directory)
     if not (directory / MODEL_FILE).is_file():
-        raise FileNotFoundError(f"cannot load tokenizer from {directory}: no {MODEL_FILE} (looked for {directory / MODEL_FILE})")
+        raise MissingFileError(f"cannot load tokenizer from {directory}: no {MODEL_FILE} (looked for {directory / MODEL_FILE})")
     tok = LlamaTokenizer.from_pretrained(
         str(directory),
         local_files_only=True,

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..errors import ConfigError, MissingFileError, check_path
+
 if TYPE_CHECKING:  # diffusers is heavy to import; only VAETokenizer needs it
     from diffusers import AutoencoderKL
 
@@ -25,9 +27,9 @@ if TYPE_CHECKING:  # diffusers is heavy to import; only VAETokenizer needs it
 def grid_size(height: int, width: int, patch_size: int) -> tuple[int, int]:
     """Patch grid `(h, w)` of an image, checking that the patches tile it exactly."""
     if patch_size < 1:
-        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+        raise ConfigError(f"patch_size must be >= 1, got {patch_size}")
     if height % patch_size or width % patch_size:
-        raise ValueError(
+        raise ConfigError(
             f"image size {height}x{width} (HxW) is not divisible by patch_size={patch_size}: "
             f"{height} % {patch_size} = {height % patch_size}, {width} % {patch_size} = {width % patch_size}"
         )
@@ -45,7 +47,7 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
         (B, (H/p)*(W/p), C*p*p) tokens, layout as in the module docstring.
     """
     if images.ndim != 4:
-        raise ValueError(f"patchify expects (B, C, H, W) images, got shape {tuple(images.shape)}")
+        raise ConfigError(f"patchify expects (B, C, H, W) images, got shape {tuple(images.shape)}")
     B, C, H, W = images.shape
     h, w = grid_size(H, W, patch_size)
     p = patch_size
@@ -69,7 +71,7 @@ def unpatchify(tokens: torch.Tensor, height: int, width: int, patch_size: int, c
     h, w = grid_size(height, width, patch_size)
     p, C = patch_size, channels
     if tokens.ndim != 3 or tokens.shape[1:] != (h * w, C * p * p):
-        raise ValueError(
+        raise ConfigError(
             f"tokens of shape {tuple(tokens.shape)} do not fit a {channels}x{height}x{width} image "
             f"with patch_size={patch_size}: expected (B, {h * w}, {C * p * p})"
         )
@@ -90,7 +92,7 @@ def patchify_video(videos: torch.Tensor, patch_size: int) -> torch.Tensor:
         (B, F*(H/p)*(W/p), C*p*p); frame f's tokens are `[f*h*w, (f+1)*h*w)`.
     """
     if videos.ndim != 5:
-        raise ValueError(f"patchify_video expects (B, F, C, H, W) videos, got shape {tuple(videos.shape)}")
+        raise ConfigError(f"patchify_video expects (B, F, C, H, W) videos, got shape {tuple(videos.shape)}")
     B, F, C, H, W = videos.shape
     tokens = patchify(videos.reshape(B * F, C, H, W), patch_size)  # (B*F, h*w, C*p*p)
     return tokens.reshape(B, F * tokens.shape[1], tokens.shape[2])  # (B, F*h*w, C*p*p)
@@ -102,7 +104,7 @@ def unpatchify_video(
     """Exact inverse of `patchify_video`: (B, F*h*w, C*p*p) -> (B, F, C, H, W)."""
     h, w = grid_size(height, width, patch_size)
     if tokens.ndim != 3 or tokens.shape[1] != frames * h * w:
-        raise ValueError(
+        raise ConfigError(
             f"tokens of shape {tuple(tokens.shape)} do not fit {frames} frames of {height}x{width} "
             f"with patch_size={patch_size}: expected (B, {frames * h * w}, C*p*p)"
         )
@@ -150,14 +152,13 @@ class VAETokenizer:
 
         root = Path(local_dir)
         model_dir = root / subfolder if subfolder else root
-        if not model_dir.is_dir():
-            raise FileNotFoundError(f"VAE directory {model_dir} does not exist")
+        check_path(model_dir, "VAE directory", kind="dir")
         if not (model_dir / "config.json").is_file():
             hint = " (found vae/config.json: pass subfolder='vae')" if (model_dir / "vae" / "config.json").is_file() else ""
-            raise FileNotFoundError(f"VAE directory {model_dir} has no config.json{hint}")
+            raise MissingFileError(f"VAE directory {model_dir} has no config.json{hint}")
         weights = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
         if not any((model_dir / name).is_file() for name in weights):
-            raise FileNotFoundError(f"VAE directory {model_dir} has no weights file (expected one of {', '.join(weights)})")
+            raise MissingFileError(f"VAE directory {model_dir} has no weights file (expected one of {', '.join(weights)})")
         vae = AutoencoderKL.from_pretrained(str(model_dir), local_files_only=True, torch_dtype=dtype)
         if device is not None:
             vae = vae.to(device)
@@ -191,7 +192,7 @@ class VAETokenizer:
         """
         f = self.downsample_factor
         if images.ndim != 4 or images.shape[-2] % f or images.shape[-1] % f:
-            raise ValueError(f"VAE encode expects (B, C, H, W) with H, W divisible by {f}, got {tuple(images.shape)}")
+            raise ConfigError(f"VAE encode expects (B, C, H, W) with H, W divisible by {f}, got {tuple(images.shape)}")
         posterior = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
         z = posterior.sample(generator=generator) if sample else posterior.mean
         return (z - self.shift_factor) * self.scaling_factor
