@@ -1,10 +1,11 @@
-"""The one error type of the evaluation harness."""
+"""The one error type of the evaluation harness: :class:`unimodal.errors.EvalError`, re-exported.
+
+There is a single class (docs/architecture.md, "Errors"): ``unimodal.eval.EvalError`` *is*
+``unimodal.errors.EvalError``, so the CLI's one ``except UnimodalError`` prints it as one line.
+"""
 
 from __future__ import annotations
 
+from unimodal.errors import EvalError
 
-class EvalError(ValueError):
-    """An eval request cannot run: unknown task or metric, missing weight file, wrong checkpoint.
-
-    The message names the bad value and what would be valid, on one line.
-    """
+__all__ = ["EvalError"]

@@ -12,16 +12,20 @@ and reference images) or ``"probe"`` (a list of `ProbeSweep`). The harness appli
 the aggregation of text metrics; image and probe metrics always receive the
 whole set, and their aggregation documents how they combine samples.
 
+A metric may declare ``options``: keyword arguments a task can set with
+``metric_options: {name: {option: value}}``, each with its valid values (e.g.
+``vqa_accuracy``'s ``answer_processing``). They are checked when the task loads.
+
 A metric returns a float, or a dict whose "" entry is the headline value and
 whose other entries are reported as ``name/key`` (e.g. ``class_accuracy/color``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from unimodal.config import suggest
+from unimodal.errors import suggest
 
 from ..errors import EvalError
 
@@ -37,6 +41,7 @@ class Metric:
     aggregation: Aggregation
     higher_is_better: bool
     inputs: Inputs
+    options: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # option -> its valid values
 
     @property
     def description(self) -> str:
@@ -47,9 +52,16 @@ METRICS: dict[str, Metric] = {}
 
 
 def register_metric(
-    name: str, aggregation: Aggregation, higher_is_better: bool, inputs: Inputs = "text"
+    name: str,
+    aggregation: Aggregation,
+    higher_is_better: bool,
+    inputs: Inputs = "text",
+    options: dict[str, tuple[Any, ...]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator adding `fn` to the registry under `name` (the function itself is returned unchanged)."""
+    """Decorator adding `fn` to the registry under `name` (the function itself is returned unchanged).
+
+    ``options`` maps each keyword argument a task may set to its valid values.
+    """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation {aggregation!r} must be one of {AGGREGATIONS}")
     if inputs not in INPUTS:
@@ -58,7 +70,7 @@ def register_metric(
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in METRICS:
             raise ValueError(f"metric {name!r} is registered twice")
-        METRICS[name] = Metric(name, fn, aggregation, higher_is_better, inputs)
+        METRICS[name] = Metric(name, fn, aggregation, higher_is_better, inputs, dict(options or {}))
         return fn
 
     return deco
@@ -75,8 +87,25 @@ def get_metric(name: str) -> Metric:
     return METRICS[name]
 
 
-def score_text(metric: Metric, predictions: list[str], references: list[list[str]]) -> float:
-    """Apply a text metric: the mean of per-item scores, or the corpus score."""
+def check_metric_options(metric: Metric, options: Any, where: str = "") -> dict[str, Any]:
+    """Return ``options`` if every key is an option of ``metric`` with a valid value, else one-line EvalError."""
+    from unimodal.errors import unknown
+
+    prefix = f"{where}: " if where else ""
+    if not isinstance(options, dict):
+        raise EvalError(f"{prefix}metric_options of {metric.name!r} must be a mapping, got {options!r}")
+    for key, value in options.items():
+        if key not in metric.options:
+            err = unknown(f"option of metric {metric.name!r}", key, metric.options, cls=EvalError)
+            raise EvalError(f"{prefix}{err}")
+        if value not in metric.options[key]:
+            valid = ", ".join(repr(v) for v in metric.options[key])
+            raise EvalError(f"{prefix}metric {metric.name!r} option {key!r} must be one of {valid}, got {value!r}")
+    return dict(options)
+
+
+def score_text(metric: Metric, predictions: list[str], references: list[list[str]], **options: Any) -> float:
+    """Apply a text metric (with its ``options``): the mean of per-item scores, or the corpus score."""
     if metric.aggregation == "mean":
-        return float(sum(metric.fn(p, r) for p, r in zip(predictions, references)) / max(len(predictions), 1))
-    return float(metric.fn(predictions, references))
+        return float(sum(metric.fn(p, r, **options) for p, r in zip(predictions, references)) / max(len(predictions), 1))
+    return float(metric.fn(predictions, references, **options))
