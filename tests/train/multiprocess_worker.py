@@ -3,8 +3,8 @@
 Usage: python multiprocess_worker.py OUT_DIR BATCH_SIZE STEPS
 
 Runs (1) a ZeRO-2 training run recording a parameter digest after every step, then (2) a run whose
-rank-1 batch turns NaN at step 2, which must stop every rank with TrainingDiverged. Writes
-OUT_DIR/rank{R}.json.
+rank-1 batch turns NaN at step 2, which must stop every rank with TrainingDiverged, then (3) a fresh run into run (1)'s out_dir,
+which every rank must refuse with RunDirError. Writes OUT_DIR/rank{R}.json.
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ def main() -> None:
         result["nan_error"] = None
     except TrainingDiverged as e:
         result["nan_error"] = str(e)
+    from unimodal.errors import RunDirError
+
+    try:  # a fresh run into the finished run's out_dir: rank 0 refuses it, every rank raises the same error
+        train(cfg, SyntheticDigits())
+        result["refused"] = None
+    except RunDirError as e:
+        result["refused"] = str(e)
     (out / f"rank{rank}.json").write_text(json.dumps(result))
 
 

@@ -75,3 +75,8 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
         assert r["nan_error"] is not None and "step 3" in r["nan_error"] and "diffusion" in r["nan_error"]
     ckpts = sorted(p.name for p in (tmp_path / "nan" / "checkpoints").iterdir())
     assert ckpts == ["step_0000001", "step_0000002"]
+
+    # 4. a refusal decided on rank 0 (out_dir holds a run) reaches every rank: no rank hangs or trains
+    for r in ranks:
+        assert r["refused"] is not None and "already holds a run" in r["refused"], r["refused"]
+    assert not (tmp_path / "run" / ".lock").exists()
