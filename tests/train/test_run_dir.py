@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from synthetic_source import SyntheticDigits, tiny_config
+
 from unimodal.checkpoint import load_checkpoint
 from unimodal.cli import main
 from unimodal.errors import CheckpointError, ConfigError, Interrupted, RunDirError

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from synthetic_source import SyntheticDigits, tiny_config
+
 from unimodal.checkpoint import read_weights
 from unimodal.train import train
 from unimodal.train.distributed import free_port

@@ -1,6 +1,8 @@
 """Training: `TrainConfig`, the DeepSpeed loop `train`, EMA and learning-rate schedules.
 
 DeepSpeed is imported lazily, on the first `train` call, and only from this package.
+Errors are `unimodal.errors` classes (`TrainingDiverged` is re-exported here); the run
+directory's rules (one writer, no silent overwrite) live in `unimodal.run_dir`.
 """
 
 from .config import TrainConfig

@@ -20,9 +20,9 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from unimodal.config import PRESETS, ModelConfig, VisualConfig, dump_yaml
-from unimodal.errors import ConfigError, check_float, suggest
 from unimodal.diffusion.loss import LossWeights
 from unimodal.diffusion.schedule import ScheduleConfig
+from unimodal.errors import ConfigError, check_float, suggest
 
 LR_SCHEDULES = ("wsd", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")

@@ -12,6 +12,12 @@ step are a function of (seed, step) and the global batch alone: a run resumes
 exactly with no data-loader or RNG state, and 1 process × batch 2b, 1 process ×
 batch b × 2 accumulation steps and 2 processes × batch b see the same examples
 with the same noise (with equal-length examples their losses agree to float error).
+
+The run directory (`unimodal.run_dir`, docs/architecture.md "Files on disk"): every check
+(writable, not locked by a live run, a resume checkpoint complete and fitting the model, an
+existing run only continued with ``resume`` or replaced with ``overwrite``) passes before the
+first write; then rank 0 holds ``out_dir/.lock`` until `train` returns or raises. Ctrl-C
+raises `unimodal.errors.Interrupted` naming the step and the newest checkpoint, which stays intact.
 """
 
 from __future__ import annotations
@@ -29,9 +35,9 @@ from unimodal import atomic
 from unimodal.batch import SequenceBatch
 from unimodal.checkpoint import CONFIG_FILE, EMA_FILE, META_FILE, load_state_into, read_weights, save_checkpoint
 from unimodal.config import ModelConfig
-from unimodal.errors import CheckpointError, ConfigError, Interrupted, RunDirError, TrainingDiverged, UnimodalError
 from unimodal.diffusion.loss import compute_loss
 from unimodal.diffusion.schedule import NoiseSchedule
+from unimodal.errors import CheckpointError, ConfigError, Interrupted, RunDirError, TrainingDiverged, UnimodalError
 from unimodal.layout import PAD_DOC
 from unimodal.model import ACDiT
 from unimodal.run_dir import RunLock, check_lock, check_writable, is_disk_full, move_aside, run_entries
