@@ -84,9 +84,12 @@ def read_release_checkpoint(path: str | Path) -> dict[str, Any]:
             obj = load(mmap=False)  # legacy (non-zip) serialization
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if not found and "weights_only" not in str(e).lower() and "unsupported global" not in str(e).lower():
-            first = str(e).splitlines()[0] if str(e) else ""  # e.g. "invalid load key": random bytes, not a pickle
-            raise CheckpointError(f"release checkpoint {str(path)!r} is not a torch.save file ({first})") from None
+        if not found and "unsupported global" not in str(e).lower():
+            first = str(e).splitlines()[0] if str(e) else ""  # random bytes and foreign opcodes look alike here
+            raise CheckpointError(
+                f"release checkpoint {str(path)!r} is not a torch.save file of tensors, or holds an object that is not "
+                f"allowed ({first}); only tensors, containers and argparse.Namespace are read"
+            ) from None
         what = f"a pickled object of type {found.group(1)}" if found else "a pickled object"
         raise CheckpointError(
             f"release checkpoint {str(path)!r} holds {what}, which is not allowed: only tensors, containers "
