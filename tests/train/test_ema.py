@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from synthetic_source import SyntheticDigits, tiny_config
+
 from unimodal.train.ema import EMA
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch deprecations inside DeepSpeed's ZeRO-3

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from synthetic_source import SyntheticDigits, params_digest, tiny_config
+
 from unimodal.checkpoint import CheckpointError, load_checkpoint, read_weights
 from unimodal.diffusion.loss import compute_loss
 from unimodal.diffusion.schedule import NoiseSchedule
