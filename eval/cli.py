@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 
+from unimodal.cli_args import device, int_at_least, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on eval tasks: results JSON + Markdown report")
     p.add_argument("--checkpoint", help="checkpoint directory")
     p.add_argument("--tasks", help="comma-separated eval task names (see --list)")
     p.add_argument("--output", default="results.json", help="results JSON; the report goes next to it (default %(default)s)")
-    p.add_argument("--limit", type=int, default=None, help="cap every task's number of samples (quick runs)")
-    p.add_argument("--seed", type=int, default=None, help="override every task's seed")
+    p.add_argument("--limit", type=positive_int, default=None, help="cap every task's number of samples (quick runs)")
+    p.add_argument("--seed", type=int_at_least(0), default=None, help="override every task's seed")
     p.add_argument("--include-path", action="append", default=[], metavar="DIR", help="extra directory of task YAML files (repeatable)")
-    p.add_argument("--device", default="cpu", help="device of the model (default %(default)s)")
+    p.add_argument("--device", type=device, default="cpu", help="device of the model (default %(default)s)")
     p.add_argument("--inception-weights", default=None, metavar="FILE", help="local FID Inception weights (else $UNIMODAL_INCEPTION_WEIGHTS)")
     p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights even if EMA weights exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -49,7 +51,7 @@ def _print_list(include_paths: list[str]) -> None:
     reg = TaskRegistry(include_paths)
     print("eval tasks:")
     for name in reg.names():
-        t = reg.get(name)
+        t = reg.get(name, expand=False)  # listing needs no environment variable set
         print(f"  {name:16s} {t.head:15s} {t.dataset}/{t.split:6s} {', '.join(t.metrics)}")
         if t.description:
             print(f"  {'':16s} {t.description}")

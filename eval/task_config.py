@@ -17,12 +17,21 @@ A variant starts from another task with ``include: base.yaml`` (a path relative
 to the including file, or a task name) and overrides keys; nested mappings are
 merged, everything else replaced. Tasks come from ``eval/tasks/*.yaml`` and from
 any ``--include-path`` directory; a user task replaces a shipped one of the same
-name. ``${VAR}`` in string values is expanded from the environment.
+name.
+
+Environment variables are confined. ``${VAR}`` (or ``${VAR:-default}``) in a
+string value is expanded only for the variables of :data:`ALLOWED_ENV` and those
+the task file (or a file it includes) declares with ``env: [NAME, ...]``, so a
+third-party task cannot copy ``${HOME}`` or a token into the results. An
+undeclared or undefined variable is an error naming the file and the key; ``$$``
+writes a literal ``$``. ``include:`` resolves only to files inside the task search
+path (the shipped directory and the ``--include-path`` directories).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Literal
@@ -43,6 +52,9 @@ HEADS: dict[str, tuple[str, str | None]] = {
     "class_to_image": ("images", "class_to_image"),
     "text_to_image": ("images", "text_to_image"),
 }
+# variables any task may expand; a task declares others with ``env: [NAME]``
+ALLOWED_ENV = ("IMAGENET_DIR", "UNIMODAL_DATA", "UNIMODAL_CACHE")
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 GENERATION_KEYS = ("sampler", "steps", "cfg_scale", "sampler_kwargs", "batch_size", "max_new_tokens")
 
 
@@ -66,6 +78,7 @@ class EvalTaskConfig:
     extractor_options: dict[str, Any] = field(default_factory=dict)
     clip: dict[str, Any] = field(default_factory=dict)  # {model: domain} or {model: ViT-B-32, weights: FILE}
     probe: dict[str, Any] = field(default_factory=dict)  # layers, pool, noisy_t, targets, train_samples, controls
+    env: list[str] = field(default_factory=list)  # environment variables the task declares it reads
     source: str = ""  # the YAML file (set by the loader)
 
     def __post_init__(self) -> None:
@@ -111,14 +124,31 @@ class EvalTaskConfig:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"}
 
 
-def _expand(value: Any) -> Any:
-    if isinstance(value, str):
-        return os.path.expandvars(value)
+def _expand(value: Any, allowed: set[str], where: str, key: str = "") -> Any:
+    """``value`` with ``${VAR}`` replaced, for the variables in ``allowed`` only."""
     if isinstance(value, dict):
-        return {k: _expand(v) for k, v in value.items()}
+        return {k: _expand(v, allowed, where, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v) for v in value]
-    return value
+        return [_expand(v, allowed, where, f"{key}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        if name not in allowed:
+            raise EvalError(
+                f"{where}: {key} reads ${{{name}}}, which the task does not declare; environment variables "
+                f"allowed are {list(ALLOWED_ENV)} plus those listed under 'env:' in the task file"
+            )
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise EvalError(f"{where}: {key} reads ${{{name}}}, which is not set; set it (export {name}=...) or give a default: ${{{name}:-...}}")
+
+    return _VAR.sub(sub, value)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -143,9 +173,11 @@ class TaskRegistry:
 
     def __init__(self, include_paths: Iterable[str | os.PathLike] = ()):
         self.versions: dict[str, list[Path]] = {}  # name -> its files, the shipped one first
+        self.roots: list[Path] = []  # the search path; ``include:`` never leaves it
         for directory in [TASK_DIR, *map(Path, include_paths)]:
             if not directory.is_dir():
                 raise EvalError(f"include path {str(directory)!r} is not a directory of task YAML files")
+            self.roots.append(directory.resolve())
             for f in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
                 self.versions.setdefault(str(_read(f).get("name", f.stem)), []).append(f)
         self.files = {name: files[-1] for name, files in self.versions.items()}
@@ -153,26 +185,50 @@ class TaskRegistry:
     def names(self) -> list[str]:
         return sorted(self.files)
 
-    def get(self, name: str) -> EvalTaskConfig:
-        """The resolved task `name`; an unknown name lists the close matches."""
+    def get(self, name: str, expand: bool = True) -> EvalTaskConfig:
+        """The resolved task `name`; an unknown name lists the close matches.
+
+        ``expand=False`` leaves ``${VAR}`` literal (for listing tasks whose variables are not set).
+        """
         if name not in self.files:
             raise EvalError(f"unknown eval task {name!r}.{suggest(name, self.names())} Available: {', '.join(self.names())}")
-        return EvalTaskConfig.from_dict({**self._resolve(self.files[name], ()), "name": name, "source": str(self.files[name])})
+        data, declared = self._resolve(self.files[name], ())
+        if expand:
+            data = _expand(data, set(ALLOWED_ENV) | declared, str(self.files[name]))
+        return EvalTaskConfig.from_dict({**data, "env": sorted(declared), "name": name, "source": str(self.files[name])})
 
-    def _resolve(self, path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    def _inside(self, target: Path) -> bool:
+        real = target.resolve()
+        return any(real.is_relative_to(root) for root in self.roots)
+
+    def _resolve(self, path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], set[str]]:
+        """The merged (unexpanded) mapping of ``path`` and the files it includes, and their declared variables."""
         if path in chain:
             raise EvalError(f"task files include each other in a cycle: {' -> '.join(map(str, (*chain, path)))}")
         data = _read(path)
+        env = data.pop("env", [])
+        if not isinstance(env, list) or not all(isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) for v in env):
+            raise EvalError(f"{path}: 'env' must be a list of environment variable names, got {env!r}")
+        declared = set(env)
         inc = data.pop("include", None)
         if inc is not None:
             # a file next to this one, else the newest file of that task name not already in the chain
             # (so a user task can include the shipped task it replaces)
-            shadowed = [f for f in self.versions.get(str(inc), []) if f not in (*chain, path)]
-            target = (path.parent / inc) if (path.parent / inc).is_file() else (shadowed[-1] if shadowed else None)
+            if not isinstance(inc, str) or not inc:
+                raise EvalError(f"{path}: include must be a file name or a task name, got {inc!r}")
+            beside = path.parent / inc
+            if Path(inc).is_absolute() or (beside.exists() and not self._inside(beside)):
+                raise EvalError(
+                    f"{path}: include {inc!r} is outside the task search path; include a task name or a file in "
+                    f"{[str(r) for r in self.roots]} (add a directory with --include-path)"
+                )
+            shadowed = [f for f in self.versions.get(inc, []) if f not in (*chain, path)]
+            target = beside if beside.is_file() else (shadowed[-1] if shadowed else None)
             if target is None:
-                raise EvalError(f"{path}: include {inc!r} is neither a file next to it nor a task name.{suggest(str(inc), self.names())}")
-            data = _merge(self._resolve(Path(target), (*chain, path)), data)
-        return _expand(data)
+                raise EvalError(f"{path}: include {inc!r} is neither a file next to it nor a task name.{suggest(inc, self.names())}")
+            base, base_env = self._resolve(Path(target), (*chain, path))
+            data, declared = _merge(base, data), declared | base_env
+        return data, declared
 
 
 def list_eval_tasks(include_paths: Iterable[str | os.PathLike] = ()) -> list[str]:

@@ -6,7 +6,8 @@ from unimodal.eval import EvalError, TaskRegistry, get_eval_task, list_eval_task
 SHIPPED = ["digits_probe", "easyvqa_caption", "easyvqa_probe", "easyvqa_t2i", "easyvqa_vqa", "fmnist_c2i", "fmnist_probe", "imagenet_c2i"]
 
 
-def test_every_shipped_task_loads_and_is_listed():
+def test_every_shipped_task_loads_and_is_listed(monkeypatch):
+    monkeypatch.setenv("IMAGENET_DIR", "/data/imagenet")  # imagenet_c2i reads it
     assert list_eval_tasks() == SHIPPED
     for name in SHIPPED:
         t = get_eval_task(name)
@@ -39,13 +40,54 @@ def test_include_path_adds_and_overrides_tasks(tmp_path, monkeypatch):
     (tmp_path / "mine.yaml").write_text("name: easyvqa_vqa_small\ninclude: easyvqa_vqa\nnum_samples: 10\n")
     (tmp_path / "over.yaml").write_text("include: fmnist_c2i\nname: fmnist_c2i\ngeneration: {steps: 4}\n")
     monkeypatch.setenv("MY_DATA", "/data/x")
-    (tmp_path / "env.yaml").write_text("include: imagenet_c2i\nname: inet\noptions: {path: '${MY_DATA}'}\n")
+    (tmp_path / "env.yaml").write_text("include: imagenet_c2i\nname: inet\nenv: [MY_DATA]\noptions: {path: '${MY_DATA}'}\n")
     reg = TaskRegistry([tmp_path])
     small = reg.get("easyvqa_vqa_small")
     assert small.num_samples == 10 and small.metrics == ["vqa_accuracy", "exact_match"]
     c2i = reg.get("fmnist_c2i")
     assert c2i.generation["steps"] == 4 and c2i.generation["cfg_scale"] == 1.5
-    assert reg.get("inet").options["path"] == "/data/x"
+    assert reg.get("inet").options["path"] == "/data/x" and reg.get("inet").env == ["MY_DATA"]
+
+
+def test_environment_variables_are_confined(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOME_TOKEN", "s3cr3t")
+    monkeypatch.delenv("IMAGENET_DIR", raising=False)
+    monkeypatch.delenv("UNIMODAL_DATA", raising=False)
+    base = "name: t\nhead: vqa\ndataset: easyvqa\nmetrics: [exact_match]\n"
+    for leak in ("${SOME_TOKEN}", "${HOME}", "x-${SOME_TOKEN}-y"):
+        (tmp_path / "t.yaml").write_text(base + f"description: '{leak}'\n")
+        with pytest.raises(EvalError, match=r"description reads \$\{(SOME_TOKEN|HOME)\}, which the task does not declare") as e:
+            TaskRegistry([tmp_path]).get("t")
+        assert "s3cr3t" not in str(e.value)
+    # an allowed but undefined variable is an error, not a literal; a default or $$ is honoured
+    (tmp_path / "t.yaml").write_text(base + "options: {path: '${UNIMODAL_DATA}/vqa'}\n")
+    with pytest.raises(EvalError, match=r"options.path reads \$\{UNIMODAL_DATA\}, which is not set"):
+        TaskRegistry([tmp_path]).get("t")
+    with pytest.raises(EvalError, match="IMAGENET_DIR"):
+        get_eval_task("imagenet_c2i")
+    (tmp_path / "t.yaml").write_text(base + "options: {path: '${UNIMODAL_DATA:-/d}/vqa', note: 'cost $$5'}\n")
+    assert TaskRegistry([tmp_path]).get("t").options == {"path": "/d/vqa", "note": "cost $5"}
+    monkeypatch.setenv("UNIMODAL_DATA", "/mnt")
+    assert TaskRegistry([tmp_path]).get("t").options["path"] == "/mnt/vqa"
+    # listing does not expand, so it works without the variables
+    assert TaskRegistry([tmp_path]).get("imagenet_c2i", expand=False).options["path"] == "${IMAGENET_DIR}"
+    (tmp_path / "t.yaml").write_text(base + "env: 'SOME_TOKEN'\n")
+    with pytest.raises(EvalError, match="'env' must be a list"):
+        TaskRegistry([tmp_path]).get("t")
+
+
+def test_include_stays_inside_the_search_path(tmp_path):
+    tasks, outside = tmp_path / "tasks" / "sub", tmp_path / "elsewhere"
+    tasks.mkdir(parents=True)
+    outside.mkdir()
+    (outside / "x.yaml").write_text("name: x\nhead: vqa\ndataset: easyvqa\nmetrics: [exact_match]\n")
+    for inc in ("../../elsewhere/x.yaml", str(outside / "x.yaml")):
+        (tasks / "t.yaml").write_text(f"name: t\ninclude: '{inc}'\n")
+        with pytest.raises(EvalError, match="outside the task search path"):
+            TaskRegistry([tasks]).get("t")
+    # the same file is fine once its directory is on the search path
+    (tasks / "t.yaml").write_text("name: t\ninclude: '../../elsewhere/x.yaml'\nnum_samples: 3\n")
+    assert TaskRegistry([tasks, outside]).get("t").num_samples == 3
 
 
 def test_bad_files_give_one_clear_error(tmp_path):
