@@ -34,7 +34,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 class ModelConfig:
     """Shape of an ACDiT backbone over interleaved text and visual tokens.
 
-    Attributes follow DESIGN.md §3; every default carries its reason.
+    Attributes follow docs/architecture.md, "Backbone"; every default carries its reason.
     """
 
     name: str = "tiny"

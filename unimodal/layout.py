@@ -4,7 +4,7 @@ An example is a list of segments (`Text`, `Image`, `Video`). `Layout.build`
 turns them into per-token arrays that everything else reads — masks, rotary
 positions, losses and the generation engine never re-derive them.
 
-Sequence of one example (DESIGN.md §2)::
+Sequence of one example (docs/architecture.md, "The sequence layout")::
 
     [ clean stream: text tokens and clean visual blocks in reading order ]
     [ noisy stream: one noised copy of each trained visual block, in unit order ]
@@ -160,7 +160,7 @@ Segment = Union[Text, Image, Video]
 
 
 def span_positions(start: int, grid: tuple[int, int, int] | None) -> tuple[np.ndarray, int]:
-    """The one position rule (DESIGN.md §2): 3-axis (t, h, w) rotary positions.
+    """The one position rule (docs/architecture.md, "Positions"): 3-axis (t, h, w) rotary positions.
 
     A text token at running index n gets (n, n, n). A visual span of f×h×w tokens
     starting at n gets (n+frame, n+row, n+col) in natural raster order; the running

@@ -1,6 +1,6 @@
 """The Skip-Causal Attention Mask (SCAM), generalised — the only mask rule in the project.
 
-`scam_allowed` is the rule of DESIGN.md §2. The dense boolean mask (SDPA), the
+`scam_allowed` is the rule of docs/architecture.md, "SCAM". The dense boolean mask (SDPA), the
 FlexAttention `mask_mod` / `BlockMask`, the KV-cached attention of the
 generation engine and `skip_causal_mask` are all generated from it.
 """

@@ -1,6 +1,6 @@
 """A run directory (`out_dir`): who may write it, whether it already holds a run, replacing one.
 
-The rules (docs/architecture.md, "Files on disk"):
+The rules (docs/architecture.md, "Run directories"):
 
 * **One writer.** `out_dir/.lock` is created with ``O_CREAT | O_EXCL`` (atomic: of two
   processes exactly one succeeds) and holds JSON ``{"pid", "host", "started"}``. A second

@@ -5,7 +5,7 @@ dict, when present), `opt`, and `args` (an `argparse.Namespace` of the training
 run). It is read with `torch.load(weights_only=True)` and only
 `argparse.Namespace` allow-listed, so nothing else is ever unpickled.
 
-The mapping (reference/acdit-official.md):
+The mapping (docs/architecture.md, "Converting a released checkpoint"):
 
 * Keys: unimodal's ACDiT names its parameters as the release does, so every key
   keeps its name; the set of keys must match exactly (the error lists the

@@ -3,7 +3,7 @@
 DiT-style blocks (RMSNorm, per-head QK RMSNorm, qkv bias, tanh-GELU MLP) where
 AdaLN-Zero modulation by (time + class) embedding touches only noisy tokens:
 clean and text tokens pass plain RMSNorm and an ungated residual, so the clean
-stream never depends on t or on the class label (DESIGN.md §2–3).
+stream never depends on t or on the class label (docs/architecture.md, "SCAM" and "Conditioning").
 
 `forward(batch)` returns text logits at text positions, ε at noisy positions
 and, on request, hidden states after chosen layers. Attention masks come from

@@ -5,7 +5,7 @@ One process by default; `torchrun --nproc_per_node N -m unimodal.cli train ...` 
 `unimodal.errors.UnimodalError` and printed by `unimodal.cli.main` as one line with its exit
 code: 2 (bad config, checkpoint or out_dir), 1 (the run diverged), 130 (Ctrl-C; the newest
 checkpoint is kept). An out_dir that already holds a run is continued with `--resume auto`
-or replaced with `--overwrite`; a plain run into it is refused (docs/architecture.md, "Files on disk").
+or replaced with `--overwrite`; a plain run into it is refused (docs/architecture.md, "Run directories").
 """
 
 from __future__ import annotations

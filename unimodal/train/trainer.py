@@ -13,7 +13,7 @@ exactly with no data-loader or RNG state, and 1 process × batch 2b, 1 process �
 batch b × 2 accumulation steps and 2 processes × batch b see the same examples
 with the same noise (with equal-length examples their losses agree to float error).
 
-The run directory (`unimodal.run_dir`, docs/architecture.md "Files on disk"): every check
+The run directory (`unimodal.run_dir`, docs/architecture.md "Run directories"): every check
 (writable, not locked by a live run, a resume checkpoint complete and fitting the model, an
 existing run only continued with ``resume`` or replaced with ``overwrite``) passes before the
 first write; then rank 0 holds ``out_dir/.lock`` until `train` returns or raises. Ctrl-C
@@ -188,7 +188,7 @@ def train(
     """Train `cfg` on DeepSpeed; single process by default, N processes under torchrun/deepspeed.
 
     Nothing is written into `cfg.out_dir` before every check has passed (docs/architecture.md,
-    "Files on disk"): the directory is writable, no live run holds its lock, a resume checkpoint
+    "Run directories"): the directory is writable, no live run holds its lock, a resume checkpoint
     is complete and fits `cfg`'s model, and a directory that already holds a run is only
     continued (`resume`) or replaced (`overwrite`). Then rank 0 takes `out_dir/.lock`
     (`unimodal.run_dir`) and keeps it until the call returns or raises.
