@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import replace
@@ -70,6 +71,29 @@ def check_checkpoint(task: EvalTaskConfig, ckpt: Any, tokenizer: Any) -> None:
     needed = HEADS[task.head][1]
     if needed and trained and needed not in trained:
         raise EvalError(f"{what} needs a checkpoint trained on task {needed!r}, but {where} was trained on {trained}")
+    if task.head == "probe":
+        n_layer, layers = ckpt.model.cfg.n_layer, task.probe.get("layers", "all")
+        if layers != "all" and max(layers) > n_layer:
+            raise EvalError(f"{what}: probe layers {layers} go past the model's {n_layer} blocks (valid: 0..{n_layer})")
+        noisy_t, steps = task.probe.get("noisy_t"), ckpt.schedule.num_train_timesteps
+        if noisy_t is not None and noisy_t >= steps:
+            raise EvalError(f"{what}: probe noisy_t={noisy_t} is not a timestep of the checkpoint's schedule (valid: 0..{steps - 1})")
+
+
+def check_output(output: str | Path | None) -> None:
+    """Fail before any work when the results JSON cannot be written where asked."""
+    if output is None:
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise EvalError(f"--output {str(path)!r} is a directory; give a file such as {str(path / 'results.json')!r}")
+    if path.suffix != ".json":
+        raise EvalError(f"--output {str(path)!r} must be a .json file (the Markdown report goes next to it)")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise EvalError(f"--output {str(path)!r}: {str(parent)!r} is a file, not a directory")
+    if not os.access(parent, os.W_OK):
+        raise EvalError(f"--output {str(path)!r}: directory {str(parent)!r} is not writable")
 
 
 def check_weight_files(task: EvalTaskConfig, inception_weights: str | None) -> None:
@@ -92,8 +116,8 @@ def score(task: EvalTaskConfig, ev: Evidence) -> dict[str, float | None]:
     """Every metric of `task` on the head's evidence; dict results become `name/key` entries."""
     out: dict[str, float | None] = {}
     for name in task.metrics:
-        metric = get_metric(name)
-        value = score_text(metric, *ev.inputs) if metric.inputs == "text" else metric.fn(ev.inputs)
+        metric, options = get_metric(name), task.metric_options.get(name, {})
+        value = score_text(metric, *ev.inputs, **options) if metric.inputs == "text" else metric.fn(ev.inputs, **options)
         if isinstance(value, dict):
             out.update({(name if k == "" else f"{name}/{k}"): _finite(float(v)) for k, v in value.items()})
         else:
@@ -150,6 +174,7 @@ def run_eval(
         configs = [replace(c, seed=int(seed)) for c in configs]
     for c in configs:
         check_weight_files(c, inception_weights)
+    check_output(output)
     ckpt = load_checkpoint(checkpoint, use_ema=use_ema, device=device)
     tokenizer = TextTokenizer.load(ckpt.tokenizer_dir) if ckpt.tokenizer_dir is not None else None
     for c in configs:

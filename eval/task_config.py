@@ -38,7 +38,7 @@ from typing import Any, Iterable, Literal
 
 import yaml
 
-from unimodal.config import suggest
+from unimodal.errors import check_float, check_positive_int, suggest, unknown
 
 from .errors import EvalError
 
@@ -56,6 +56,15 @@ HEADS: dict[str, tuple[str, str | None]] = {
 ALLOWED_ENV = ("IMAGENET_DIR", "UNIMODAL_DATA", "UNIMODAL_CACHE")
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 GENERATION_KEYS = ("sampler", "steps", "cfg_scale", "sampler_kwargs", "batch_size", "max_new_tokens")
+PROBE_DEFAULTS: dict[str, Any] = {
+    "layers": "all",  # "all" (0..n_layer) or a list of block counts
+    "pool": "mean",  # mean over the image's tokens, or "tokens" (concatenated)
+    "noisy_t": None,  # probe the noisy stream at this (integer) timestep instead of the clean stream
+    "targets": None,  # label columns; default per dataset (easy-VQA: color, shape)
+    "train_samples": 2000,  # probe training set size (capped by --limit)
+    "controls": True,  # also probe raw pixels and a randomly initialised model of the same shape
+}
+PROBE_POOLS = ("mean", "tokens")
 
 
 @dataclass
@@ -78,6 +87,7 @@ class EvalTaskConfig:
     extractor_options: dict[str, Any] = field(default_factory=dict)
     clip: dict[str, Any] = field(default_factory=dict)  # {model: domain} or {model: ViT-B-32, weights: FILE}
     probe: dict[str, Any] = field(default_factory=dict)  # layers, pool, noisy_t, targets, train_samples, controls
+    metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # {metric: {option: value}}
     env: list[str] = field(default_factory=list)  # environment variables the task declares it reads
     source: str = ""  # the YAML file (set by the loader)
 
@@ -100,14 +110,63 @@ class EvalTaskConfig:
                 )
         from .extractors.base import EXTRACTORS
 
-        unknown = sorted(set(self.generation) - set(GENERATION_KEYS))
-        if unknown:
-            raise EvalError(f"task {self.name!r}: unknown generation setting(s) {unknown}; valid: {list(GENERATION_KEYS)}")
-
         if self.extractor not in EXTRACTORS:
             raise EvalError(f"task {self.name!r}: unknown extractor {self.extractor!r}; valid: {list(EXTRACTORS)}")
-        if self.num_samples is not None and int(self.num_samples) < 1:
-            raise EvalError(f"task {self.name!r}: num_samples must be >= 1, got {self.num_samples}")
+        if self.num_samples is not None:
+            check_positive_int(f"task {self.name!r}: num_samples", self.num_samples, cls=EvalError)
+        check_positive_int(f"task {self.name!r}: seed", self.seed, minimum=0, cls=EvalError)
+        self._check_generation()
+        self._check_probe()
+        self._check_metric_options()
+
+    def _check_generation(self) -> None:
+        where, g = f"task {self.name!r}: generation", self.generation
+        unknown_keys = sorted(set(g) - set(GENERATION_KEYS))
+        if unknown_keys:
+            raise EvalError(f"task {self.name!r}: unknown generation setting(s) {unknown_keys}; valid: {list(GENERATION_KEYS)}")
+        for key in ("steps", "batch_size", "max_new_tokens"):
+            if key in g:
+                check_positive_int(f"{where}.{key}", g[key], cls=EvalError)
+        if "cfg_scale" in g:
+            check_float(f"{where}.cfg_scale", g["cfg_scale"], low=0.0, high=100.0, cls=EvalError)
+        if "sampler_kwargs" in g and not isinstance(g["sampler_kwargs"], dict):
+            raise EvalError(f"{where}.sampler_kwargs must be a mapping, got {g['sampler_kwargs']!r}")
+        if "sampler" in g:
+            from unimodal.diffusion.samplers import list_samplers
+
+            if g["sampler"] not in list_samplers():
+                raise unknown(f"sampler of task {self.name!r}", g["sampler"], list_samplers(), cls=EvalError)
+
+    def _check_probe(self) -> None:
+        where, p = f"task {self.name!r}: probe", self.probe
+        bad = sorted(set(p) - set(PROBE_DEFAULTS))
+        if bad:
+            raise EvalError(f"task {self.name!r}: unknown probe option(s) {bad}; valid: {sorted(PROBE_DEFAULTS)}")
+        layers = p.get("layers", "all")
+        if layers != "all" and not (isinstance(layers, list) and layers and all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in layers)):
+            raise EvalError(f"{where}.layers must be 'all' or a non-empty list of block counts >= 0, got {layers!r}")
+        if p.get("pool", "mean") not in PROBE_POOLS:
+            raise EvalError(f"{where}.pool must be one of {list(PROBE_POOLS)}, got {p['pool']!r}")
+        if p.get("noisy_t") is not None:
+            check_positive_int(f"{where}.noisy_t", p["noisy_t"], minimum=0, cls=EvalError)
+        targets = p.get("targets")
+        if targets is not None and not (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)):
+            raise EvalError(f"{where}.targets must be a non-empty list of column names, got {targets!r}")
+        if "train_samples" in p:
+            check_positive_int(f"{where}.train_samples", p["train_samples"], cls=EvalError)
+        if not isinstance(p.get("controls", True), bool):
+            raise EvalError(f"{where}.controls must be true or false, got {p['controls']!r}")
+
+    def _check_metric_options(self) -> None:
+        from .metrics import get_metric
+        from .metrics.registry import check_metric_options
+
+        if not isinstance(self.metric_options, dict):
+            raise EvalError(f"task {self.name!r}: metric_options must be a mapping {{metric: {{option: value}}}}, got {self.metric_options!r}")
+        for name, opts in self.metric_options.items():
+            if name not in self.metrics:
+                raise EvalError(f"task {self.name!r}: metric_options names {name!r}, which is not one of its metrics {self.metrics}")
+            check_metric_options(get_metric(name), opts, where=f"task {self.name!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvalTaskConfig":

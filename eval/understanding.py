@@ -6,8 +6,6 @@ what the task's metrics read, plus details and images for the report.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -20,26 +18,14 @@ from .errors import EvalError
 from .extractors.domain_cnn import DEFAULT_HEADS, class_names, encode_labels
 from .features import hidden_features
 from .metrics.linear_probe import ProbeSweep, linear_probe
-from .task_config import EvalTaskConfig
-
-PROBE_DEFAULTS: dict[str, Any] = {
-    "layers": "all",  # "all" (0..n_layer) or a list of block counts
-    "pool": "mean",  # mean over the image's tokens, or "tokens" (concatenated)
-    "noisy_t": None,  # probe the noisy stream at this timestep instead of the clean stream
-    "targets": None,  # label columns; default per dataset (easy-VQA: color, shape)
-    "train_samples": 2000,  # probe training set size (capped by --limit)
-    "controls": True,  # also probe raw pixels and a randomly initialised model of the same shape
-}
+from .task_config import PROBE_DEFAULTS, EvalTaskConfig
 
 
 def run_probe(task: EvalTaskConfig, ctx: EvalContext) -> Evidence:
     """Linear-probe accuracy per layer for each target, with pixel and random-init controls."""
     from unimodal.model import ACDiT
 
-    unknown = sorted(set(task.probe) - set(PROBE_DEFAULTS))
-    if unknown:
-        raise EvalError(f"task {task.name!r}: unknown probe option(s) {unknown}; valid: {sorted(PROBE_DEFAULTS)}")
-    p = {**PROBE_DEFAULTS, **task.probe}
+    p = {**PROBE_DEFAULTS, **task.probe}  # options were checked when the task loaded
     model, visual, n_layer = ctx.model, ctx.visual, ctx.model.cfg.n_layer
     layers = list(range(n_layer + 1)) if p["layers"] == "all" else [int(k) for k in p["layers"]]
     targets = list(p["targets"] or DEFAULT_HEADS.get(task.dataset, ("label",)))

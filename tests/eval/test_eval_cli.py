@@ -105,6 +105,7 @@ def test_bad_requests_give_one_clear_error(text_checkpoint, class_checkpoint, ta
     assert "needs a class-conditional model" in one_error(capsys)
     # missing weight files: Inception and a standard CLIP
     monkeypatch.delenv("UNIMODAL_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setenv("IMAGENET_DIR", str(tmp_path))  # the task reads it; the weights are checked first
     assert run(class_checkpoint, ["imagenet_c2i"], out, task_dir, "--inception-weights", str(tmp_path / "nope.pth")) == 2
     assert "nope.pth' does not exist" in one_error(capsys)
     (task_dir / "t_clip.yaml").write_text(f"name: t_clip\ninclude: easyvqa_t2i\nclip: {{model: ViT-B-32, weights: {tmp_path / 'clip.bin'}}}\n")

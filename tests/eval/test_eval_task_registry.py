@@ -104,3 +104,64 @@ def test_bad_files_give_one_clear_error(tmp_path):
         TaskRegistry([tmp_path]).get("a")
     with pytest.raises(EvalError, match="not a directory"):
         TaskRegistry([tmp_path / "missing"])
+
+
+BASE = "name: t\nhead: {head}\ndataset: {dataset}\nmetrics: [{metrics}]\n"
+
+
+@pytest.mark.parametrize("extra, match", [
+    ("probe: {pool: max}", r"probe.pool must be one of \['mean', 'tokens'\], got 'max'"),
+    ("probe: {layers: [1, -2]}", "probe.layers must be 'all' or a non-empty list"),
+    ("probe: {noisy_t: 2.5}", "probe.noisy_t must be an integer >= 0"),
+    ("probe: {train_samples: 0}", "probe.train_samples must be an integer >= 1"),
+    ("probe: {targets: color}", "probe.targets must be a non-empty list"),
+    ("probe: {controls: 'no'}", "probe.controls must be true or false"),
+    ("probe: {layer: [1]}", r"unknown probe option\(s\) \['layer'\]"),
+    ("seed: -1", "seed must be an integer >= 0"),
+    ("num_samples: 0", "num_samples must be an integer >= 1"),
+])
+def test_probe_options_are_checked_when_the_task_loads(tmp_path, extra, match):
+    (tmp_path / "t.yaml").write_text(BASE.format(head="probe", dataset="digits", metrics="probe_accuracy") + extra + "\n")
+    with pytest.raises(EvalError, match=match):
+        TaskRegistry([tmp_path]).get("t")
+
+
+@pytest.mark.parametrize("extra, match", [
+    ("generation: {steps: 0}", "generation.steps must be an integer >= 1"),
+    ("generation: {cfg_scale: .nan}", "generation.cfg_scale must be a finite number"),
+    ("generation: {batch_size: 2.5}", "generation.batch_size must be an integer >= 1"),
+    ("generation: {sampler: dpm+}", "dpm\\+\\+"),
+    ("generation: {sampler_kwargs: 3}", "sampler_kwargs must be a mapping"),
+    ("metric_options: {fid: {answer_processing: official}}", "names 'fid', which is not one of its metrics"),
+    ("metric_options: {clip_score: {answer_processing: official}}", "option of metric 'clip_score'"),
+])
+def test_generation_and_metric_options_are_checked_when_the_task_loads(tmp_path, extra, match):
+    (tmp_path / "t.yaml").write_text(BASE.format(head="text_to_image", dataset="easyvqa", metrics="clip_score") + extra + "\n")
+    with pytest.raises(EvalError, match=match):
+        TaskRegistry([tmp_path]).get("t")
+
+
+def test_metric_options_reach_the_metric(tmp_path):
+    from unimodal.eval.context import Evidence
+    from unimodal.eval.harness import score
+
+    (tmp_path / "a.yaml").write_text(BASE.format(head="vqa", dataset="easyvqa", metrics="vqa_accuracy").replace("name: t", "name: a"))
+    (tmp_path / "b.yaml").write_text("name: b\ninclude: a\nmetric_options: {vqa_accuracy: {answer_processing: lmms_eval}}\n")
+    (tmp_path / "c.yaml").write_text("name: c\ninclude: a\nmetric_options: {vqa_accuracy: {answer_processing: offical}}\n")
+    reg = TaskRegistry([tmp_path])
+    # ten identical references: the official scorer compares raw strings, lmms-eval normalises the prediction
+    ev = Evidence((["Yes.", "two"], [["yes"] * 10, ["2"] * 10]), {})
+    assert score(reg.get("a"), ev) == {"vqa_accuracy": 0.0}
+    assert score(reg.get("b"), ev) == {"vqa_accuracy": 1.0}
+    with pytest.raises(EvalError, match="answer_processing' must be one of 'official', 'lmms_eval', got 'offical'"):
+        reg.get("c")
+
+
+def test_output_path_is_checked_before_any_work(tmp_path):
+    from unimodal.eval.harness import check_output
+
+    (tmp_path / "f").write_text("x")
+    check_output(tmp_path / "new" / "r.json")
+    for bad, match in ((tmp_path, "is a directory"), (tmp_path / "r.txt", "must be a .json file"), (tmp_path / "f" / "r.json", "is a file")):
+        with pytest.raises(EvalError, match=match):
+            check_output(bad)

@@ -5,16 +5,19 @@ Errors are `unimodal.errors` classes (`TrainingDiverged` is re-exported here); t
 directory's rules (one writer, no silent overwrite) live in `unimodal.run_dir`.
 """
 
-from .config import TrainConfig
 from .ema import EMA
 from .schedules import cosine_lr, lr_at, wsd_lr
 
 
-def __getattr__(name: str):  # the loop pulls in the model and DeepSpeed helpers: import it on first use
+def __getattr__(name: str):  # the loop and the config pull in the model, diffusers and DeepSpeed: import on first use
     if name in ("train", "TrainResult", "TrainingDiverged", "BatchSource"):
         from . import trainer
 
         return getattr(trainer, name)
+    if name == "TrainConfig":
+        from .config import TrainConfig
+
+        return TrainConfig
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
