@@ -13,3 +13,16 @@ def randomize_(model: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torc
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * std)
     return model
+
+
+def require_fashion_mnist() -> None:
+    """Skip, naming what is missing, when the Fashion-MNIST IDX files are not installed
+    (Debian package dataset-fashion-mnist at /usr/share/datasets/fashion-mnist, or $UNIMODAL_FASHION_MNIST)."""
+    import pytest
+
+    from unimodal.data import fashion_mnist as fm
+
+    root = fm.data_dir()
+    if not root.is_dir():
+        pytest.skip(f"Fashion-MNIST is not installed at {root} (Debian package dataset-fashion-mnist, "
+                    f"or set ${fm.PATH_ENV})")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_helpers import require_fashion_mnist
 
 from unimodal.data import dataset_card, get_source, load_dataset
 from unimodal.data import fashion_mnist as fm
@@ -21,6 +22,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def small(cache: Path):
+    require_fashion_mnist()
     return load_dataset("moving_fmnist", "test", cache_dir=cache, **SMALL)
 
 
@@ -72,13 +74,14 @@ def test_bouncing_trajectories_stay_in_range_and_reflect() -> None:
 
 
 def test_defaults_options_and_card() -> None:
+    require_fashion_mnist()  # resolving the options fingerprints the source files
     src = get_source("moving_fmnist")
     train, test = src.resolve_options("train"), src.resolve_options("test")
     assert (train["num_sequences"], test["num_sequences"]) == (2000, 500)
     assert (train["frames"], train["canvas"], train["num_items"], train["item_size"]) == (16, 64, 2, 28)
+    card = dataset_card("moving_fmnist")
+    assert "class of the FIRST item" in card and "64x64" in card and "train 2,000, test 500" in card
     with pytest.raises(ValueError, match="item_size=40 is larger than canvas=32"):
         load_dataset("moving_fmnist", "test", cache=False, canvas=32, item_size=40)
     with pytest.raises(ValueError, match="num_sequences=0 is invalid"):
         load_dataset("moving_fmnist", "test", cache=False, num_sequences=0)
-    card = dataset_card("moving_fmnist")
-    assert "class of the FIRST item" in card and "64x64" in card and "train 2,000, test 500" in card

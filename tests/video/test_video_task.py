@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from model_helpers import randomize_
+from model_helpers import randomize_, require_fashion_mnist
 
 from unimodal.batch import Example, collate
 from unimodal.config import VisualConfig
@@ -89,6 +89,7 @@ DATA = dict(frames=8, canvas=32, item_size=14)
 def banks(tmp_path_factory):
     from unimodal.data import load_dataset
 
+    require_fashion_mnist()
     cache = tmp_path_factory.mktemp("mf")
     train = load_dataset("moving_fmnist", "train", cache_dir=cache, num_sequences=96, **DATA)
     test = load_dataset("moving_fmnist", "test", cache_dir=cache, num_sequences=16, **DATA)
