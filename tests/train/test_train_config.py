@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from unimodal.cli import main
 from unimodal.config import ConfigError
@@ -77,12 +76,6 @@ def test_deepspeed_json_files_and_the_engine_config(tmp_path):
     bad.write_text(json.dumps({"optimizer": {"type": "Adam"}, "zero_optimization": {"stage": 1}}))
     with pytest.raises(ConfigError, match=r"sets \['optimizer'\]"):
         TrainConfig(deepspeed=str(bad))
-
-
-def test_training_configs_in_the_repo_are_valid():
-    for p in sorted((ROOT / "configs" / "train").glob("*.yaml")):
-        assert isinstance(yaml.safe_load(p.read_text()), dict), p
-        TrainConfig.from_file(p)
 
 
 def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
