@@ -1,18 +1,19 @@
 """Reference features and statistics, computed once per dataset/split/subset/image space/extractor and cached.
 
 Files live under ``<cache>/eval/reference/`` as ``.npz`` (features, mu, sigma),
-written to a temporary name and renamed into place.
+written to a temporary name and renamed into place (`unimodal.atomic`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from unimodal.atomic import atomic_path
 
 from .data import model_images
 from .metrics.fid import gaussian_stats
@@ -33,9 +34,7 @@ def reference_features(
     if not path.is_file():
         feats, _ = extractor(model_images(ds, image_size, channels))
         mu, sigma = gaussian_stats(feats)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-        np.savez(tmp, features=feats, mu=mu, sigma=sigma)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, features=feats, mu=mu, sigma=sigma)
     with np.load(path) as z:
         return z["features"], (z["mu"], z["sigma"])

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
+from unimodal.atomic import atomic_path
 from unimodal.batch import Example
 from unimodal.config import VisualConfig, suggest
 from unimodal.errors import (
@@ -178,10 +178,8 @@ def build_image_bank(dataset: Any, visual: VisualConfig, name: str = "", batch: 
     if cache is not None:
         from safetensors.torch import save_file
 
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-        save_file({"tokens": tokens.contiguous()}, str(tmp))
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp:
+            save_file({"tokens": tokens.contiguous()}, str(tmp))
     return ImageBank(tokens, cols, name)
 
 

@@ -12,7 +12,6 @@ whose view fails gets a line saying so (and a warning); training goes on.
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unimodal.atomic import atomic_directory, remove_orphans
 from unimodal.diffusion.schedule import ScheduleConfig
 from unimodal.errors import ConfigError
 
@@ -50,21 +50,20 @@ class ProgressSamples:
     def __call__(self, step: int, model: Any) -> Path:
         """Write the samples of `step` and return their folder."""
         final = self.root / f"step_{step:07d}"
-        tmp = self.root / f".partial_step_{step:07d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        lines = [f"# Samples at step {step}", "",
-                 "EMA weights (live weights when the EMA is off); records drawn once from the training data.", ""]
-        for k, (task, _, bank) in enumerate(self.mixture.entries):
-            try:
-                body = task.progress(model, bank, self.picks[k], self.schedule, tmp, f"{k}_{task.name}")
-            except Exception as e:  # noqa: BLE001 - a broken view must not stop a long training run
-                warnings.warn(f"progress samples of task {task.name!r} at step {step} failed: {e!r}", stacklevel=2)
-                body = [f"*This task's progress view failed: `{type(e).__name__}: {e}`*"]
-            if body:
-                lines += [f"## {task.name} ({bank.name})", "", *body, ""]
-        (tmp / "samples.md").write_text("\n".join(lines))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+
+        def write(tmp: Path) -> None:
+            lines = [f"# Samples at step {step}", "",
+                     "EMA weights (live weights when the EMA is off); records drawn once from the training data.", ""]
+            for k, (task, _, bank) in enumerate(self.mixture.entries):
+                try:
+                    body = task.progress(model, bank, self.picks[k], self.schedule, tmp, f"{k}_{task.name}")
+                except Exception as e:  # noqa: BLE001 - a broken view must not stop a long training run
+                    warnings.warn(f"progress samples of task {task.name!r} at step {step} failed: {e!r}", stacklevel=4)
+                    body = [f"*This task's progress view failed: `{type(e).__name__}: {e}`*"]
+                if body:
+                    lines += [f"## {task.name} ({bank.name})", "", *body, ""]
+            (tmp / "samples.md").write_text("\n".join(lines))
+
+        remove_orphans(self.root)  # what a killed run left half-written
+        atomic_directory(final, write)
         return final

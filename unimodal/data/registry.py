@@ -32,6 +32,7 @@ from typing import Any, ClassVar, TypeVar
 import datasets
 from datasets.exceptions import DatasetGenerationError
 
+from ..atomic import atomic_directory, remove_orphans
 from ..errors import ConfigError, DataError, UnknownNameError
 
 CACHE_ENV = "UNIMODAL_CACHE"
@@ -176,20 +177,15 @@ def _check_options(source: DatasetSource, options: dict[str, Any]) -> None:
 
 
 def _build_into(final: Path, source: DatasetSource, split: str | None, view: str, options: dict[str, Any]) -> None:
-    """Build the dataset in a sibling temp dir, then rename it to `final` in one step."""
+    """Build the dataset in a sibling temp dir, then write it to `final` by one rename (`unimodal.atomic`)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(final)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         ds = _generate_dataset(source, split, view, options, hf_cache=tmp / "hf", in_memory=False)
-        with _quiet():
-            ds.save_to_disk(str(tmp / "dataset"))
+        with _quiet():  # a concurrent build that finished first is kept (replace=False)
+            atomic_directory(final, ds.save_to_disk, replace=False)
         del ds  # release the memory map before the hf build files are removed
-        try:
-            os.rename(tmp / "dataset", final)
-        except OSError:
-            if not final.is_dir():  # a real failure, not a concurrent build finishing first
-                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -208,6 +204,7 @@ def _quiet() -> Iterator[None]:
 
 def _remove_orphans(final: Path) -> None:
     """Delete temp dirs of builds whose process died without cleaning up (e.g. SIGKILL)."""
+    remove_orphans(final.parent)
     for tmp in final.parent.glob(".tmp-*"):
         pid = tmp.name.rsplit("-", 2)[-2]  # .tmp-<final name>-<pid>-<random>
         try:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, overload
 
 import sentencepiece as spm
 
+from .. import atomic
 from ..errors import ConfigError, MissingFileError
 
 if TYPE_CHECKING:  # transformers is heavy to import; only `to_transformers` needs it
@@ -194,8 +195,8 @@ class TextTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "vocab_size": self.vocab_size, "special_ids": SPECIAL_IDS}
-        _atomic_write(directory / MODEL_FILE, self._proto)
-        _atomic_write(directory / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+        atomic.write_bytes(directory / MODEL_FILE, self._proto)
+        atomic.write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
         return directory
 
     # ---- encode / decode ----------------------------------------------------------
@@ -318,14 +319,3 @@ def load_transformers(directory: str | os.PathLike) -> LlamaTokenizer:
     backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     backend.pre_tokenizer = None
     return tok
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -6,8 +6,8 @@
 
 Writing: every rank saves its DeepSpeed shard into a hidden staging directory;
 rank 0 then writes the weights (itself atomically), moves the DeepSpeed files
-in and renames the whole into place. A `step_*` directory therefore exists
-only complete; a crash leaves at most hidden `.step_*-partial` directories,
+in and renames the whole into place (`unimodal.atomic.publish_directory`). A `step_*`
+directory therefore exists only complete; a crash leaves at most hidden `.step_*` directories,
 which the next run removes. (Several nodes need a shared filesystem, as
 DeepSpeed's own checkpoints do.) A write that fails (a full disk is named as such)
 removes its staging directories and raises CheckpointError on every rank
@@ -19,10 +19,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable
 
+from unimodal import atomic
 from unimodal.checkpoint import CONFIG_FILE, EMA_FILE, META_FILE, MODEL_FILE
 from unimodal.errors import CheckpointError
 from unimodal.run_dir import is_disk_full
@@ -106,7 +106,7 @@ def remove_partials(root: Path) -> None:
     """Delete hidden staging directories that an interrupted save left behind (rank 0, before training)."""
     if root.is_dir():
         for p in root.iterdir():
-            if _PARTIAL_RE.match(p.name):
+            if _PARTIAL_RE.match(p.name) or (p.name.startswith(".step_") and atomic.is_temporary(p.name)):
                 shutil.rmtree(p, ignore_errors=True)
 
 
@@ -116,30 +116,13 @@ def prune(root: Path, keep_last: int) -> list[Path]:
         return []
     old = [p for _, p in list_checkpoints(root)[:-keep_last]]
     for p in old:
-        trash = p.with_name(f".{p.name}.deleting-partial")
-        os.replace(p, trash)  # out of sight at once; removal may take long
-        shutil.rmtree(trash, ignore_errors=True)
+        atomic.discard_directory(p)  # out of sight at once; removal may take long
     return old
 
 
 def one_line(error: BaseException) -> str:
     """An exception's message on one line (torch's C++ errors span several)."""
     return "; ".join(x.strip() for x in str(error).splitlines() if x.strip()) or type(error).__name__
-
-
-def _fsync_tree(path: Path) -> None:
-    for f in path.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_checkpoint(
@@ -177,18 +160,11 @@ def write_checkpoint(
     failed = any_rank(error is not None, dist_info.device)
     if dist_info.is_main and not failed:
         try:
-            _fsync_tree(stage)
             shutil.rmtree(weights, ignore_errors=True)
             write_weights(weights)  # atomic on its own: `weights` appears complete or not at all
             os.replace(stage, weights / DS_DIR)
-            old = None
-            if target.exists():  # a rerun in the same out_dir
-                old = target.with_name(f".{target.name}.old-{time.time_ns()}-partial")
-                os.replace(target, old)
-            os.replace(weights, target)
-            _fsync_dir(root)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            # fsynced, then renamed into place; a rerun's `target` in the same out_dir is replaced
+            atomic.publish_directory(weights, target)
         except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt too: clean up, then re-raise
             error = e
     failed = any_rank(error is not None, dist_info.device)
