@@ -1,7 +1,9 @@
 """The bad-input matrix (issue: reliability audit): each case runs the real CLI in a subprocess.
 
 Every case must end with exit code 2, exactly one stderr line naming the problem, and no
-traceback (docs/architecture.md, "Errors"). One tiny checkpoint is shared by all cases.
+traceback (docs/architecture.md, "Errors"). One tiny checkpoint is shared by all cases, and
+the cases run concurrently (one subprocess per core) in a module fixture; each case is then
+its own test, so a failure names the case.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -68,7 +71,21 @@ CASES: list[tuple[str, list[str], str]] = [
     ("train-unknown-key", ["train", "--config", "{train_cfg}", "stpes=2", "out_dir={tmp}/run"], "stpes"),
     ("train-lr-nan", ["train", "--config", "{train_cfg}", "lr=.nan", "out_dir={tmp}/run"], "lr"),
     ("train-steps-zero", ["train", "--config", "{train_cfg}", "steps=0", "out_dir={tmp}/run"], "steps"),
+    # eval: arguments, confined task files, the output checked before any work
+    ("eval-limit-zero", ["eval", "--checkpoint", "{c2i}", "--tasks", "fmnist_c2i", "--limit", "0"], "integer >= 1"),
+    ("eval-seed-negative", ["eval", "--checkpoint", "{c2i}", "--tasks", "fmnist_c2i", "--seed", "-1"], "integer >= 0"),
+    ("eval-device", ["eval", "--checkpoint", "{c2i}", "--tasks", "fmnist_c2i", "--device", "cuda"], "no CUDA device"),
+    ("eval-unknown-task", ["eval", "--checkpoint", "{c2i}", "--tasks", "fmnist_c2", "--output", "{tmp}/results.json"], "fmnist_c2i"),
+    ("eval-env-leak", ["eval", "--checkpoint", "{c2i}", "--tasks", "leak", "--include-path", "{evaltasks}", "--output", "{tmp}/results.json"],
+     "does not declare"),
+    ("eval-include-escape", ["eval", "--checkpoint", "{c2i}", "--tasks", "escape", "--include-path", "{evaltasks}",
+                             "--output", "{tmp}/results.json"], "outside the task search path"),
+    ("eval-output-dir", ["eval", "--checkpoint", "{c2i}", "--tasks", "fmnist_c2i", "--output", "{tmp}"], "is a directory"),
+    ("eval-bad-probe", ["eval", "--checkpoint", "{c2i}", "--tasks", "fmnist_c2i,badprobe", "--include-path", "{evaltasks}",
+                        "--output", "{tmp}/results.json"], "probe.pool"),
 ]
+ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+       "SECRET_TOKEN": "s3cr3t"}
 
 
 def _build(tmp: Path) -> dict[str, str]:
@@ -91,38 +108,54 @@ def _build(tmp: Path) -> dict[str, str]:
     (tmp / "file.txt").write_text("a plain file\n")
     (tmp / "random.pt").write_bytes(os.urandom(4096))
     (tmp / "corpus.txt").write_text("a red circle\n" * 50)
+    tasks = tmp / "evaltasks"
+    tasks.mkdir()
+    (tasks / "leak.yaml").write_text("name: leak\ninclude: fmnist_c2i\ndescription: 'token ${SECRET_TOKEN}'\n")
+    (tasks / "escape.yaml").write_text("name: escape\ninclude: '../outside.yaml'\n")
+    (tmp / "outside.yaml").write_text("name: outside\nhead: vqa\ndataset: easyvqa\nmetrics: [exact_match]\n")
+    (tasks / "badprobe.yaml").write_text("name: badprobe\ninclude: fmnist_probe\nprobe: {pool: max}\n")
     return {"c2i": str(c2i), "t2i": str(t2i), "t2i_notok": str(notok), "corrupt": str(corrupt), "tagged": str(tagged),
             "file": str(tmp / "file.txt"), "random": str(tmp / "random.pt"), "text": str(tmp / "corpus.txt"),
-            "train_cfg": str(ROOT / "configs/train/easyvqa_tiny.yaml")}
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> dict[str, str]:
-    return _build(tmp_path_factory.mktemp("reliability"))
+            "train_cfg": str(ROOT / "configs/train/easyvqa_tiny.yaml"), "evaltasks": str(tasks)}
 
 
 def _hashes(root: Path) -> dict[str, int]:
     return {str(p): hash(p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("argv, expect", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_exit_2(shared: dict[str, str], tmp_path: Path, argv: list[str], expect: str) -> None:
-    fill = {**shared, "tmp": str(tmp_path)}
-    args = [a.format(**fill) for a in argv]
-    shared_root = Path(shared["c2i"]).parent
-    before = _hashes(shared_root)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+def _run(shared: dict[str, str], work: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    work.mkdir()
+    args = [a.format(**shared, tmp=str(work)) for a in argv]
+    env = {**os.environ, **ENV}
     env.pop("RANK", None)
-    proc = subprocess.run([sys.executable, "-m", "unimodal.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=300)
+    return subprocess.run([sys.executable, "-m", "unimodal.cli", *args], capture_output=True, text=True, env=env, cwd=work, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path, bool]]:
+    """Every case's process and work directory, and whether the shared inputs stayed byte-identical."""
+    shared_root = tmp_path_factory.mktemp("reliability")
+    shared = _build(shared_root)
+    work = tmp_path_factory.mktemp("cases")
+    before = _hashes(shared_root)
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        futures = {name: (pool.submit(_run, shared, work / name, argv), work / name) for name, argv, _ in CASES}
+        done = {name: (f.result(), d) for name, (f, d) in futures.items()}
+    untouched = _hashes(shared_root) == before
+    return {name: (proc, d, untouched) for name, (proc, d) in done.items()}
+
+
+@pytest.mark.parametrize("name, expect", [(c[0], c[2]) for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2(matrix, name: str, expect: str) -> None:
+    proc, work, untouched = matrix[name]
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line and not line.startswith("  ")]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(lines) == 1, proc.stderr
     assert expect in lines[0], lines[0]
-    assert _hashes(shared_root) == before  # no shared input was touched
-    assert not any(p.name in ("run", "qs", "tok", "conv") for p in tmp_path.iterdir())  # nothing was created
+    assert "s3cr3t" not in proc.stderr + proc.stdout  # an undeclared variable is never expanded, not even into the error
+    assert untouched  # no case touched a shared input (checkpoints, tokenizer, task files)
+    assert not any(p.name in ("run", "qs", "tok", "conv", "results.json", "results.md") for p in work.iterdir())  # nothing was created
 
 
 def test_the_matrix_is_large_enough() -> None:
