@@ -1,4 +1,5 @@
 import pytest
+import torch
 from model_helpers import randomize_
 from PIL import Image as PILImage
 
@@ -13,6 +14,7 @@ V = VisualConfig(channels=1, image_size=8, patch_size=2, block_h=2, block_w=2)  
 
 @pytest.fixture
 def class_ckpt(tmp_path):
+    torch.manual_seed(0)  # the initialisation draws from the global generator: the same model in every test order
     m = randomize_(create_model("tiny", token_dim=V.token_dim, vocab_size=0, num_classes=3), std=0.02)
     return save_checkpoint(tmp_path / "c2i", m, visual=V)
 
@@ -24,13 +26,75 @@ def text_ckpt(tmp_path):
     return save_checkpoint(tmp_path / "t2i", m, visual=V, tokenizer_dir=tmp_path / "tok")
 
 
-def test_class_label_grid_and_individual_images(class_ckpt, tmp_path):
+def sample_grid(ckpt, out, *args) -> bytes:
+    """`unimodal sample` one class-conditional grid (2 images, 2 steps, no individual files); its PNG bytes."""
+    assert main(["sample", "--checkpoint", str(ckpt), "--num", "2", "--steps", "2", "--grid-only", "--out", str(out),
+                 *args]) == 0
+    return out.read_bytes()
+
+
+def test_class_label_grid_and_individual_images(class_ckpt, tmp_path, monkeypatch):
+    from unimodal.tasks import ClassToImage
+
+    seen = []
+    real = ClassToImage.generate_tokens
+
+    def spy(self, model, labels, sampling, seed=0, **kw):
+        seen.append((list(labels), sampling.cfg_scale, seed))
+        return real(self, model, labels, sampling, seed=seed, **kw)
+
+    monkeypatch.setattr(ClassToImage, "generate_tokens", spy)
     out = tmp_path / "grid.png"
     rc = main(["sample", "--checkpoint", str(class_ckpt), "--class-label", "1", "--num", "4", "--steps", "3",
                "--cfg", "1.5", "--out", str(out)])
     assert rc == 0 and out.is_file()
     assert PILImage.open(out).size == (2 + 2 * (8 + 2), 2 + 2 * (8 + 2))  # 2x2 grid of 8x8 with 2px gaps
     assert len(list(tmp_path.glob("grid_*.png"))) == 4
+    assert seen == [([1, 1, 1, 1], 1.5, 0)]  # one label repeated --num times, the --cfg scale, the default seed
+    # the label and the guidance scale change the pixels, not only the arguments
+    base = sample_grid(class_ckpt, tmp_path / "a.png", "--class-label", "0", "--cfg", "3")
+    assert sample_grid(class_ckpt, tmp_path / "b.png", "--class-label", "2", "--cfg", "3") != base
+    assert sample_grid(class_ckpt, tmp_path / "c.png", "--class-label", "0", "--cfg", "1") != base
+    assert sample_grid(class_ckpt, tmp_path / "d.png", "--class-label", "0", "--cfg", "3") == base
+    assert seen[-1] == ([0, 0], 3.0, 0)
+    assert sample_grid(class_ckpt, tmp_path / "e.png", "--class-label", "0,2", "--cfg", "3") != base
+    assert seen[-1][0] == [0, 2]
+
+
+def test_seed_sampler_and_device_flags(class_ckpt, tmp_path, monkeypatch):
+    import unimodal.generate as G
+
+    base = sample_grid(class_ckpt, tmp_path / "a.png", "--class-label", "1", "--seed", "0")
+    assert sample_grid(class_ckpt, tmp_path / "b.png", "--class-label", "1", "--seed", "0", "--device", "cpu") == base
+    assert sample_grid(class_ckpt, tmp_path / "c.png", "--class-label", "1", "--seed", "1") != base
+    names = []
+    real = G.create_sampler
+
+    def spy(name, steps, schedule=None, **kw):
+        names.append((name, steps))
+        return real(name, steps, schedule, **kw)
+
+    monkeypatch.setattr(G, "create_sampler", spy)
+    ddim = sample_grid(class_ckpt, tmp_path / "d.png", "--class-label", "1", "--sampler", "ddim")
+    assert names and set(names) == {("ddim", 2)} and ddim != base  # default sampler is dpm++
+    names.clear()
+    sample_grid(class_ckpt, tmp_path / "e.png", "--class-label", "1")
+    assert set(names) == {("dpm++", 2)}
+
+
+def test_no_ema_samples_the_raw_weights(tmp_path):
+    """By default the EMA weights sample; --no-ema samples model.safetensors."""
+    raw = randomize_(create_model("tiny", token_dim=V.token_dim, vocab_size=0, num_classes=3), std=0.02, seed=1)
+    ema = randomize_(create_model("tiny", token_dim=V.token_dim, vocab_size=0, num_classes=3), std=0.02, seed=2)
+    both = save_checkpoint(tmp_path / "both", raw, visual=V, ema=ema)
+    only_raw = save_checkpoint(tmp_path / "raw", raw, visual=V)
+    only_ema = save_checkpoint(tmp_path / "ema", ema, visual=V)
+    default = sample_grid(both, tmp_path / "a.png", "--class-label", "1")
+    no_ema = sample_grid(both, tmp_path / "b.png", "--class-label", "1", "--no-ema")
+    assert default == sample_grid(only_ema, tmp_path / "c.png", "--class-label", "1")
+    assert no_ema == sample_grid(only_raw, tmp_path / "d.png", "--class-label", "1")
+    assert default != no_ema
+    assert sample_grid(only_raw, tmp_path / "e.png", "--class-label", "1", "--no-ema") == no_ema  # no EMA file: raw
 
 
 def test_prompt_sampling_is_deterministic(text_ckpt, tmp_path):
@@ -59,7 +123,19 @@ def test_bad_requests_get_one_clear_error(class_ckpt, tmp_path, capsys, args, me
 def test_checkpoint_round_trip_and_errors(class_ckpt, tmp_path):
     ck = load_checkpoint(class_ckpt)
     ref = create_model("tiny", token_dim=V.token_dim, vocab_size=0, num_classes=3)
-    assert ck.visual == V and ck.model.cfg == ref.cfg
+    assert ck.visual == V and ck.model.cfg == ref.cfg and not ck.used_ema
+    saved = randomize_(create_model("tiny", token_dim=V.token_dim, vocab_size=0, num_classes=3), std=0.02, seed=3)
+    got, want = load_checkpoint(save_checkpoint(tmp_path / "raw", saved, visual=V)).model.state_dict(), saved.state_dict()
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k  # bit-exact weights, not only the config
+    ema = randomize_(create_model("tiny", token_dim=V.token_dim, vocab_size=0, num_classes=3), std=0.02, seed=7)
+    with_ema = save_checkpoint(tmp_path / "with_ema", saved, visual=V, ema=ema)
+    for use_ema, src in ((True, ema), (False, saved)):
+        ck = load_checkpoint(with_ema, use_ema=use_ema)
+        assert ck.used_ema is use_ema
+        for k, v in src.state_dict().items():
+            assert torch.equal(ck.model.state_dict()[k], v), (use_ema, k)
     (class_ckpt / "model.safetensors").write_bytes((class_ckpt / "model.safetensors").read_bytes()[:100])
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load_checkpoint(class_ckpt, use_ema=False)
