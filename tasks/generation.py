@@ -24,8 +24,6 @@ from .base import (
     register_task,
 )
 
-PROGRESS_CFG = 1.5  # guidance of progress samples (the paper's for images)
-
 
 @register_task
 class ClassToImage(Task):
@@ -49,9 +47,9 @@ class ClassToImage(Task):
         return decode_images(self.generate_tokens(model, labels, sampling, seed), self.visual, model_device(model))
 
     def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: ScheduleConfig, out: Path, stem: str) -> list[str]:
-        """A grid of samples for classes 0, 1, 2, ... (one per record picked), DPM-Solver++ 25 steps, CFG 1.5."""
+        """A grid of samples for classes 0, 1, 2, ... (one per record picked), with the paper's sampling settings."""
         labels = [i % model.cfg.num_classes for i in range(len(indices))]
-        tokens = self.generate_tokens(model, labels, VisualSampling(cfg_scale=PROGRESS_CFG, schedule=schedule))
+        tokens = self.generate_tokens(model, labels, VisualSampling.paper(schedule=schedule))
         save_image_grid(decode_images(tokens, self.visual, model_device(model)), out / f"{stem}.png", nrow=len(labels))
         return [f"![{self.name}]({stem}.png)", "", f"Class labels, left to right: {labels}"]
 
@@ -91,9 +89,9 @@ class TextToImage(Task):
         return decode_images(self.generate_tokens(model, captions, sampling, seed), self.visual, model_device(model))
 
     def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: ScheduleConfig, out: Path, stem: str) -> list[str]:
-        """A grid of samples for the captions of the records picked, DPM-Solver++ 25 steps, CFG 1.5."""
+        """A grid of samples for the captions of the records picked, with the paper's sampling settings."""
         captions = [str(bank.column("caption", i)) for i in indices]
-        tokens = self.generate_tokens(model, captions, VisualSampling(cfg_scale=PROGRESS_CFG, schedule=schedule))
+        tokens = self.generate_tokens(model, captions, VisualSampling.paper(schedule=schedule))
         save_image_grid(decode_images(tokens, self.visual, model_device(model)), out / f"{stem}.png", nrow=len(captions))
         return [f"![{self.name}]({stem}.png)", "", "Prompts, left to right:", "",
                 *[f"{j}. {c}" for j, c in enumerate(captions, 1)]]

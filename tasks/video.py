@@ -154,8 +154,8 @@ class ClassToVideo(Task):
         return torch.cat(list(self.stream(model, labels, sampling, seed, frames, max_context)), 1)
 
     def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: Any, out: Path, stem: str) -> list[str]:
-        """Two videos (classes 0 and 1) of the trained length as a frame grid, DPM-Solver++ 25 steps, CFG 2.5."""
+        """Two videos (classes 0 and 1) of the trained length as a frame grid, with the paper's video sampling settings."""
         labels = [i % model.cfg.num_classes for i in range(min(2, len(indices)))]
-        videos = self.generate(model, labels, VisualSampling(cfg_scale=2.5, schedule=schedule))
+        videos = self.generate(model, labels, VisualSampling.paper(video=True, schedule=schedule))
         save_frame_grid(videos, out / f"{stem}.png")
         return [f"![{self.name}]({stem}.png)", "", f"One row per video; class labels: {labels}"]

@@ -28,10 +28,12 @@ import numpy as np
 import torch
 
 from .batch import Example, SequenceBatch, collate
+from .config import PAPER_SAMPLING
 from .diffusion.samplers import classifier_free_guidance, create_sampler
 from .diffusion.schedule import ScheduleConfig
 from .errors import ConfigError
 from .layout import (
+    IGNORE,
     IMAGE,
     PAD,
     PAD_DOC,
@@ -43,6 +45,7 @@ from .layout import (
     span_positions,
 )
 from .model import ACDiT, KVCache, ModelOutput
+from .tokenizers.text import SPECIAL_IDS
 
 
 def token_batch(
@@ -80,7 +83,7 @@ def token_batch(
         y=(y if y is not None else torch.full((B,), -1, dtype=torch.long, device=dev))[:, None]
         if noisy
         else torch.zeros(B, 0, dtype=torch.long, device=dev),
-        text_target=torch.full((B, n), -100, dtype=torch.long, device=dev),
+        text_target=torch.full((B, n), IGNORE, dtype=torch.long, device=dev),
     )
 
 
@@ -153,7 +156,7 @@ class Context:
             for r in rows:
                 v = getattr(r, name)[0]
                 pad = L - v.shape[0]
-                fill = {"doc": PAD_DOC, "modality": PAD, "block_slot": -1, "text_target": -100}.get(name, 0)
+                fill = {"doc": PAD_DOC, "modality": PAD, "block_slot": -1, "text_target": IGNORE}.get(name, 0)
                 if name == "unit":  # padding: increasing units in the padding document
                     head = torch.arange(pad, dtype=v.dtype)
                 else:
@@ -186,7 +189,7 @@ class TextSampling:
     temperature: float = 0.0  # 0: greedy
     top_k: int | None = None
     top_p: float | None = None
-    stop_tokens: tuple[int, ...] = (2,)  # <eos>
+    stop_tokens: tuple[int, ...] = (SPECIAL_IDS["<eos>"],)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -199,15 +202,20 @@ class TextSampling:
 
 @dataclass
 class VisualSampling:
-    """How visual blocks are denoised (the paper: DPM-Solver++, 25 steps, CFG 1.5 images / 2.5 video)."""
+    """How visual blocks are denoised; sampler and steps default to the paper's (`PAPER_SAMPLING`)."""
 
-    sampler: str = "dpm++"
-    steps: int = 25
+    sampler: str = PAPER_SAMPLING.sampler
+    steps: int = PAPER_SAMPLING.steps
     cfg_scale: float = 1.0  # 1: no guidance
     sampler_kwargs: dict = field(default_factory=dict)
     # the noise schedule the model was trained with (betas, ε or v prediction): a checkpoint's
     # `Checkpoint.schedule`. None: ACDiT's defaults. Sampling a v-model as ε is silently wrong.
     schedule: ScheduleConfig | None = None
+
+    @classmethod
+    def paper(cls, video: bool = False, schedule: ScheduleConfig | None = None) -> VisualSampling:
+        """The paper's settings: DPM-Solver++, 25 steps, CFG 1.5 for images (2.5 for video)."""
+        return cls(PAPER_SAMPLING.sampler, PAPER_SAMPLING.steps, PAPER_SAMPLING.cfg(video), schedule=schedule)
 
 
 def sample_next(logits: torch.Tensor, s: TextSampling, generator: torch.Generator | None) -> torch.Tensor:
@@ -475,8 +483,8 @@ class Generator:
         text: TextSampling,
         visual: VisualSampling,
         segment: Image,
-        boi_id: int = 3,
-        eoi_id: int = 4,
+        boi_id: int = SPECIAL_IDS["<boi>"],
+        eoi_id: int = SPECIAL_IDS["<eoi>"],
         max_images: int = 1,
     ) -> Iterator[TokenEvent | BlockEvent | VisualEvent]:
         """Text until `<boi>`, then a full `segment` image, `<eoi>`, then text again (up to max_images)."""

@@ -166,7 +166,7 @@ def quickstart(
     save_image_grid(images, out / "heldout_images.png", nrow=len(rows))
     write_understanding(rows, out / "understanding.md", "heldout_images.png")
     captions = [r["caption_true"] for r in rows]
-    gen = TextToImage(ckpt.visual, tok).generate(ckpt.model, captions, VisualSampling("dpm++", 25, 1.5, schedule=ckpt.schedule), seed=0)
+    gen = TextToImage(ckpt.visual, tok).generate(ckpt.model, captions, VisualSampling.paper(schedule=ckpt.schedule), seed=0)
     save_image_grid(gen, out / "t2i_heldout_captions.png", nrow=len(rows))
     (out / "t2i_heldout_captions.txt").write_text("\n".join(captions) + "\n")
 

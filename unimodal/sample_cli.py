@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .cli_args import device, finite_float, positive_int
+from .config import PAPER_SAMPLING
 from .errors import CheckpointError, ConfigError
 
 
@@ -124,9 +125,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-label", default=None, help="class index, or a comma-separated list (one per image)")
     p.add_argument("--prompt", default=None, help="text prompt (text→image checkpoints)")
     p.add_argument("--num", type=positive_int, default=8, help="number of images (default 8)")
-    p.add_argument("--sampler", default="dpm++", help="ddpm | ddim | dpm++ | euler (default dpm++, the paper's)")
-    p.add_argument("--steps", type=positive_int, default=25, help="sampler steps per block (default 25)")
-    p.add_argument("--cfg", type=finite_float(0.0, 100.0), default=1.5, help="classifier-free guidance scale in [0, 100] (default 1.5; 1 = off)")
+    paper = PAPER_SAMPLING
+    p.add_argument("--sampler", default=paper.sampler, help=f"ddpm | ddim | dpm++ | euler (default {paper.sampler}, the paper's)")
+    p.add_argument("--steps", type=positive_int, default=paper.steps, help=f"sampler steps per block (default {paper.steps})")
+    p.add_argument("--cfg", type=finite_float(0.0, 100.0), default=paper.cfg_image,
+                   help=f"classifier-free guidance scale in [0, 100] (default {paper.cfg_image}; 1 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples/grid.png", help="grid PNG path; individual images go next to it")
     p.add_argument("--grid-only", action="store_true", help="do not write the individual images")

@@ -41,7 +41,7 @@ from ..checkpoint import (
     save_checkpoint,
     state_mismatch,
 )
-from ..config import ConfigError, ModelConfig, VisualConfig
+from ..config import PAPER_SAMPLING, PRESETS, ConfigError, ModelConfig, VisualConfig
 from ..diffusion.schedule import ScheduleConfig
 from ..errors import check_path
 from ..model import ACDiT
@@ -49,11 +49,9 @@ from ..model import ACDiT
 SOURCE = "acdit-official"
 HEAD_DIM = 64  # RopeND of the release is built for head_dim 64
 NEEDED_ARGS = ("vae_latent_size", "patch_size", "block_size", "ar_len", "num_frames", "image_size", "vae_patch_pixels")
-# The paper's sampling settings: DPM-Solver++ (2nd order), 25 steps per block, CFG 1.5 images / 2.5 video.
-SAMPLING_IMAGE = {"sampler": "dpm++", "steps": 25, "cfg": 1.5}
-SAMPLING_VIDEO = {"sampler": "dpm++", "steps": 25, "cfg": 2.5}
-# args.model -> (depth, hidden) of the release's size table, to cross-check the state dict.
-RELEASE_SIZES = {"ACDiT-B": (12, 768), "ACDiT-L": (24, 1024), "ACDiT-XL": (28, 1152), "ACDiT-H": (32, 1280)}
+# args.model -> (depth, hidden) of the release's size table, to cross-check the state dict: the
+# released sizes are the B, L, XL and H presets.
+RELEASE_SIZES = {f"ACDiT-{k}": (PRESETS[k]["n_layer"], PRESETS[k]["d_model"]) for k in ("B", "L", "XL", "H")}
 
 
 def rope_base(max_len: int) -> int:
@@ -299,7 +297,8 @@ def convert_acdit(
         "source": SOURCE,
         "args": plain_args(ckpt["args"]),
         "weights": which,
-        "sampling": dict(SAMPLING_VIDEO if visual.frames > 1 else SAMPLING_IMAGE),
+        # the paper's sampling settings, recorded with the converted checkpoint
+        "sampling": {"sampler": PAPER_SAMPLING.sampler, "steps": PAPER_SAMPLING.steps, "cfg": PAPER_SAMPLING.cfg(visual.frames > 1)},
         # latent model: tokens are SD-VAE latents (scaling 0.18215), grid = image_size / vae_downsample / patch
         "requires_vae": True,
     }
