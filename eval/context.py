@@ -54,6 +54,8 @@ class Evidence:
     grid_cols: images per grid row.
     comparable: whether its generation numbers can be set beside published ones (None: not applicable).
     notes: sentences the report prints under the task.
+    samples: one JSON-able record per sample (its inputs and output), written to the
+        samples JSONL next to the results (provenance); empty for heads with no per-sample output.
     """
 
     inputs: Any
@@ -62,3 +64,4 @@ class Evidence:
     grid_cols: int = 8
     comparable: bool | None = None
     notes: list[str] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)

@@ -20,6 +20,7 @@ from .data import load_records
 from .errors import EvalError
 from .extractors import build_extractor
 from .extractors.domain_cnn import encode_labels
+from .provenance import array_sha256
 from .reference import reference_features
 from .samples import SampleSet
 from .task_config import EvalTaskConfig
@@ -38,6 +39,12 @@ def _generate(task: EvalTaskConfig, ctx: EvalContext, conditions: list, draw: Ca
     chunks = range(0, len(conditions), bs)
     out = [draw(conditions[s : s + bs], task.seed + i) for i, s in enumerate(tqdm(chunks, desc=task.name, disable=not ctx.progress, leave=False))]
     return torch.cat(out)
+
+
+def _samples(task: EvalTaskConfig, key: str, conditions: list) -> list[dict]:
+    """One provenance record per generated image: its condition and the seed of its batch."""
+    bs = int(task.generation.get("batch_size", 64))
+    return [{"index": i, key: c, "batch_seed": task.seed + i // bs} for i, c in enumerate(conditions)]
 
 
 def _comparability(extractor, n: int) -> tuple[bool, list[str]]:
@@ -67,7 +74,8 @@ def _sample_set(task: EvalTaskConfig, ctx: EvalContext, images: torch.Tensor, re
         clip = build_clip(task.clip, dataset=task.dataset, image_size=v.image_size, channels=v.channels)
     s = SampleSet(images, extractor, feats, targets_from(extractor), clip=clip, reference_stats=stats)
     comparable, notes = _comparability(extractor, len(images))
-    details = {"extractor": extractor.info, "num_samples": len(images), "num_reference": len(ref_ds)}
+    details = {"extractor": extractor.info, "num_samples": len(images), "num_reference": len(ref_ds),
+               "reference_stats_sha256": array_sha256(*stats)}
     if clip is not None:
         details["clip"] = clip.info
         comparable_clip = clip.info.get("comparable", False)
@@ -94,7 +102,7 @@ def run_class_to_image(task: EvalTaskConfig, ctx: EvalContext) -> Evidence:
     s, details, comparable, notes = _sample_set(task, ctx, images, ref, targets)
     cols = min(K, 10)
     grid = images[: cols * min(8, max(1, len(images) // cols))]
-    return Evidence(s, details, grid, grid_cols=cols, comparable=comparable, notes=notes)
+    return Evidence(s, details, grid, grid_cols=cols, comparable=comparable, notes=notes, samples=_samples(task, "class_label", labels))
 
 
 def run_text_to_image(task: EvalTaskConfig, ctx: EvalContext) -> Evidence:
@@ -112,4 +120,4 @@ def run_text_to_image(task: EvalTaskConfig, ctx: EvalContext) -> Evidence:
     s, details, comparable, notes = _sample_set(task, ctx, images, ref, targets)
     s.captions = captions
     details["examples"] = [{"prompt": c} for c in captions[:8]]
-    return Evidence(s, details, images[:16], grid_cols=8, comparable=comparable, notes=notes)
+    return Evidence(s, details, images[:16], grid_cols=8, comparable=comparable, notes=notes, samples=_samples(task, "prompt", captions))

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .context import EvalContext, Evidence
 from .errors import EvalError
 from .metrics import get_metric, score_text
+from .provenance import checkpoint_identity, prompt_template, run_environment, sha256_text
 from .task_config import HEADS, EvalTaskConfig, TaskRegistry
 
 _PACKAGES = ("unimodal", "torch", "numpy", "scipy", "scikit-learn", "open-clip-torch", "torch-fidelity")
@@ -183,20 +184,27 @@ def run_eval(
     runners = _runners()
     results: dict[str, Any] = {
         "checkpoint": str(checkpoint), "checkpoint_meta": {k: v for k, v in ckpt.meta.items() if k != "saved_at"},
-        "used_ema": ckpt.used_ema, "seed": seed, "limit": limit, "device": device, "versions": versions(), "tasks": {},
+        "used_ema": ckpt.used_ema, "seed": seed, "limit": limit, "device": device, "versions": versions(),
+        "provenance": {"checkpoint": checkpoint_identity(checkpoint, ckpt.used_ema), **run_environment(ckpt.model, device),
+                       "samples_file": None if output is None else samples_path(Path(output)).name},
+        "tasks": {},
     }
     evidence: dict[str, Evidence] = {}
+    samples: list[dict[str, Any]] = []
     for c in tqdm(configs, desc="eval", disable=not progress):
         t0 = time.perf_counter()
         torch.manual_seed(c.seed)
         ev = runners[c.head](c, ctx)
         metrics = score(c, ev)
         evidence[c.name] = ev
+        samples += sample_records(c, ev)
         results["tasks"][c.name] = {
             "head": c.head, "dataset": c.dataset, "split": c.split, "version": c.version, "seed": c.seed,
             "num_samples": ev.details.get("num_samples", ev.details.get("num_questions", ev.details.get("test_examples", _count(ev)))),
             "metrics": metrics,
             "metric_info": {m: {"higher_is_better": get_metric(m).higher_is_better, "aggregation": get_metric(m).aggregation} for m in c.metrics},
+            "prompt_template": prompt_template(c),
+            "prompt_template_sha256": sha256_text(prompt_template(c)),
             "comparable_with_published": ev.comparable,
             "notes": ev.notes,
             "settings": c.to_dict(),
@@ -205,18 +213,42 @@ def run_eval(
         }
     results["wall_time_s"] = time.perf_counter() - start
     if output is not None:
-        write_results(Path(output), results, evidence)
+        write_results(Path(output), results, evidence, samples)
     return results
+
+
+def samples_path(results: Path) -> Path:
+    """The per-sample JSONL next to a results JSON: ``results.json`` -> ``results.samples.jsonl``."""
+    return results.with_suffix(".samples.jsonl")
+
+
+def sample_records(task: EvalTaskConfig, ev: Evidence) -> list[dict[str, Any]]:
+    """The task's per-sample records, each with its per-item score for every mean-aggregated text metric."""
+    rows = [{"task": task.name, **r} for r in ev.samples]
+    for name in task.metrics:
+        metric = get_metric(name)
+        if metric.inputs == "text" and metric.aggregation == "mean" and len(rows) == len(ev.inputs[0]):
+            opts = task.metric_options.get(name, {})
+            for row, p, r in zip(rows, *ev.inputs):
+                row.setdefault("scores", {})[name] = _finite(float(metric.fn(p, r, **opts)))
+    return rows
 
 
 def _count(ev: Evidence) -> int | None:
     return len(ev.inputs[0]) if isinstance(ev.inputs, tuple) else None
 
 
-def write_results(path: Path, results: dict[str, Any], evidence: dict[str, Evidence]) -> None:
-    """results.json (strict JSON: NaN becomes null) and results.md with its PNGs next to it."""
+def write_results(path: Path, results: dict[str, Any], evidence: dict[str, Evidence], samples: list[dict[str, Any]] | None = None) -> None:
+    """results.json (strict JSON: NaN becomes null), results.md with its PNGs, and the per-sample JSONL, next to each other.
+
+    Each file is written atomically (a crash leaves the previous file or none).
+    """
+    from unimodal.atomic import write_text
+
     from .report import write_report
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=str, allow_nan=False) + "\n")
+    if samples is not None:
+        write_text(samples_path(path), "".join(json.dumps(row, default=str, allow_nan=False) + "\n" for row in samples))
+    write_text(path, json.dumps(results, indent=2, default=str, allow_nan=False) + "\n")
     write_report(path.with_suffix(".md"), results, evidence)

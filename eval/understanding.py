@@ -103,6 +103,10 @@ def run_vqa(task: EvalTaskConfig, ctx: EvalContext) -> Evidence:
         image_of = list(range(len(bank)))
         questions = list(bank.columns["question"])
         refs = [_text_answers(bank, i, "answers", "answer") for i in image_of]
+        if "answer_type" in bank.columns:  # per-question types (VQAv2) for metrics that break scores down by them
+            from .metrics.vqa_breakdown import TypedReferences
+
+            refs = [TypedReferences(r, t) for r, t in zip(refs, bank.columns["answer_type"])]
     elif "questions" in bank.columns:  # one record per image: every question of it
         image_of = [i for i in range(len(bank)) for _ in bank.columns["questions"][i]]
         questions = [q for qs in bank.columns["questions"] for q in qs]
@@ -112,9 +116,10 @@ def run_vqa(task: EvalTaskConfig, ctx: EvalContext) -> Evidence:
     head, tokens = VQA(ctx.visual, ctx.tokenizer), bank.tokens[image_of]
     max_new = int(task.generation.get("max_new_tokens", 8))
     preds = _decode(task, ctx, len(questions), lambda s: head.predict(ctx.model, tokens[s].to(ctx.device), questions[s], max_new))
-    examples = [{"question": q, "prediction": p, "references": r} for q, p, r in list(zip(questions, preds, refs))[:8]]
+    samples = [{"image": i, "question": q, "prediction": p, "references": r} for i, q, p, r in zip(image_of, questions, preds, refs)]
+    examples = [{k: v for k, v in x.items() if k != "image"} for x in samples[:8]]
     grid = tokens_to_images(tokens[:8], ctx.visual)
-    return Evidence((preds, refs), {"examples": examples, "num_questions": len(questions)}, grid)
+    return Evidence((preds, refs), {"examples": examples, "num_questions": len(questions)}, grid, samples=samples)
 
 
 def run_captioning(task: EvalTaskConfig, ctx: EvalContext) -> Evidence:
@@ -126,5 +131,6 @@ def run_captioning(task: EvalTaskConfig, ctx: EvalContext) -> Evidence:
     head = Captioning(ctx.visual, ctx.tokenizer)
     max_new = int(task.generation.get("max_new_tokens", 16))
     preds = _decode(task, ctx, len(bank), lambda s: head.predict(ctx.model, bank.tokens[s].to(ctx.device), max_new))
-    examples = [{"prediction": p, "references": r} for p, r in list(zip(preds, refs))[:8]]
-    return Evidence((preds, refs), {"examples": examples}, tokens_to_images(bank.tokens[:8], ctx.visual))
+    samples = [{"image": i, "prediction": p, "references": r} for i, (p, r) in enumerate(zip(preds, refs))]
+    examples = [{k: v for k, v in x.items() if k != "image"} for x in samples[:8]]
+    return Evidence((preds, refs), {"examples": examples}, tokens_to_images(bank.tokens[:8], ctx.visual), samples=samples)
