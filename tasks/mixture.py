@@ -178,7 +178,7 @@ def build_tokenizer(train_cfg: Any) -> Any:
     same tokenizer. Returns None when no task needs text.
     """
     from unimodal.data import load_dataset
-    from unimodal.data_cli import dataset_texts
+    from unimodal.data.transforms import dataset_texts
     from unimodal.tokenizers import TextTokenizer
 
     specs = [s if isinstance(s, TaskSpec) else TaskSpec.from_dict(s) for s in train_cfg.tasks]

@@ -4,24 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .cli_args import positive_int
 from .errors import ConfigError, MissingFileError
-
-
-def dataset_texts(ds: Any) -> Iterator[str]:
-    """Every string of a dataset's text columns (str or list-of-str), e.g. captions, questions, answers."""
-    for col in ds.column_names:
-        if col == "image":
-            continue
-        values = ds[col]
-        first = values[0] if len(values) else None
-        if isinstance(first, str):
-            yield from (v for v in values if v)
-        elif isinstance(first, list) and (not first or isinstance(first[0], str)):
-            for row in values:
-                yield from (v for v in row if v)
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -48,6 +34,7 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
             raise MissingFileError(f"--data {item!r}: text file does not exist (dataset names have no '/' or suffix)")
         else:
             from .data import load_dataset
+            from .data.transforms import dataset_texts
 
             name, _, split = item.partition(":")
             ds = load_dataset(name, split or "train")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from .cli_args import finite_float, positive_int
+from .configs import shipped_path
 from .errors import ConfigError, MissingFileError
 
 EVAL_TASKS = ("easyvqa_vqa", "easyvqa_caption", "easyvqa_t2i", "easyvqa_probe")
@@ -34,7 +34,7 @@ EVAL_TASKS = ("easyvqa_vqa", "easyvqa_caption", "easyvqa_t2i", "easyvqa_probe")
 
 def config_file(relative: str) -> Path:
     """A file under the shipped `configs/` (installed as package data `unimodal.configs`)."""
-    path = Path(str(resources.files("unimodal.configs").joinpath(relative)))
+    path = shipped_path(relative)
     if not path.is_file():
         raise MissingFileError(f"shipped config {relative!r} not found at {path}")
     return path

@@ -1,8 +1,9 @@
-"""PIL images <-> model tensors in [-1, 1]."""
+"""PIL images <-> model tensors in [-1, 1]; the text strings of a dataset."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,3 +72,17 @@ def to_pil_images(images: torch.Tensor) -> list[Image.Image]:
         raise DataError(f"expected (B, 1 or 3, H, W) images, got shape {tuple(images.shape)}")
     pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
     return [Image.fromarray(p[0] if p.shape[0] == 1 else p.transpose(1, 2, 0)) for p in pixels]
+
+
+def dataset_texts(ds: Any) -> Iterator[str]:
+    """Every string of a dataset's text columns (str or list-of-str), e.g. captions, questions, answers."""
+    for col in ds.column_names:
+        if col == "image":
+            continue
+        values = ds[col]
+        first = values[0] if len(values) else None
+        if isinstance(first, str):
+            yield from (v for v in values if v)
+        elif isinstance(first, list) and (not first or isinstance(first[0], str)):
+            for row in values:
+                yield from (v for v in row if v)

@@ -20,13 +20,13 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from unimodal.config import PRESETS, ModelConfig, VisualConfig, dump_yaml
+from unimodal.configs import shipped_names, shipped_path
 from unimodal.diffusion.loss import LossWeights
 from unimodal.diffusion.schedule import ScheduleConfig
 from unimodal.errors import ConfigError, check_float, suggest
 
 LR_SCHEDULES = ("wsd", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
-DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"  # zero{0,1,2,3}.json in a checkout
 
 # Float options: (name, low, high, low_open). Each must be finite and in [low, high] ((low, high] when low_open).
 _FLOAT_RANGES = (
@@ -188,10 +188,11 @@ class TrainConfig:
         if self.deepspeed is None:
             return {}
         path = Path(self.deepspeed)
-        if not path.is_file() and (DEEPSPEED_DIR / f"{self.deepspeed}.json").is_file():
-            path = DEEPSPEED_DIR / f"{self.deepspeed}.json"
+        named = shipped_path(f"deepspeed/{self.deepspeed}.json")  # zero0..zero3, shipped as package data
+        if not path.is_file() and named.is_file():
+            path = named
         if not path.is_file():
-            names = sorted(p.stem for p in DEEPSPEED_DIR.glob("*.json")) if DEEPSPEED_DIR.is_dir() else []
+            names = shipped_names("deepspeed", ".json")
             raise ConfigError(f"TrainConfig.deepspeed={self.deepspeed!r}: no such file (named configs: {names})")
         try:
             base = json.loads(path.read_text())
