@@ -104,8 +104,12 @@ def check_metric_options(metric: Metric, options: Any, where: str = "") -> dict[
     return dict(options)
 
 
-def score_text(metric: Metric, predictions: list[str], references: list[list[str]], **options: Any) -> float:
-    """Apply a text metric (with its ``options``): the mean of per-item scores, or the corpus score."""
+def score_text(metric: Metric, predictions: list[str], references: list[list[str]], **options: Any) -> float | dict[str, float]:
+    """Apply a text metric (with its ``options``): the mean of per-item scores, or the corpus score.
+
+    A corpus metric may return a dict (headline "" and ``name/key`` entries, see the module docstring).
+    """
     if metric.aggregation == "mean":
         return float(sum(metric.fn(p, r, **options) for p, r in zip(predictions, references)) / max(len(predictions), 1))
-    return float(metric.fn(predictions, references, **options))
+    value = metric.fn(predictions, references, **options)
+    return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else float(value)

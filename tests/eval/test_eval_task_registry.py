@@ -3,7 +3,7 @@ import yaml
 
 from unimodal.eval import EvalError, TaskRegistry, get_eval_task, list_eval_tasks
 
-SHIPPED = ["digits_probe", "easyvqa_caption", "easyvqa_probe", "easyvqa_t2i", "easyvqa_vqa", "fmnist_c2i", "fmnist_probe", "imagenet_c2i"]
+SHIPPED = ["coco_karpathy_test", "digits_probe", "easyvqa_caption", "easyvqa_probe", "easyvqa_t2i", "easyvqa_vqa", "fmnist_c2i", "fmnist_probe", "gqa_testdev", "imagenet_c2i", "pope_adversarial", "pope_popular", "pope_random", "textvqa_val", "vqav2_val"]
 
 
 def test_every_shipped_task_loads_and_is_listed(monkeypatch):
