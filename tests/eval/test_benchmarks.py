@@ -328,3 +328,15 @@ def test_run_eval_on_every_benchmark_produces_every_metric(text_checkpoint, data
             assert value is not None and value >= 0, (name, key)
     assert res["tasks"]["vqav2_val"]["settings"]["options"]["prompt"] == "short_answer@1"
     assert (tmp_path / "results.md").is_file()
+
+
+def test_cli_missing_download_is_one_line_naming_the_file(text_checkpoint, tmp_path, monkeypatch, capsys):
+    from unimodal.cli import main
+
+    monkeypatch.setenv("UNIMODAL_DATA", str(tmp_path))
+    (tmp_path / "pope").mkdir()
+    rc = main(["eval", "--checkpoint", str(text_checkpoint), "--tasks", "pope_random", "--output", str(tmp_path / "r.json"),
+               "--limit", "2", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"{tmp_path / 'pope' / 'coco_pope_random.json'} does not exist" in err and "RUCAIBox/POPE" in err
