@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from unimodal.checkpoint import load_checkpoint
-from unimodal.train.checkpoints import is_complete, latest_checkpoint, list_checkpoints
+from unimodal.train.run_state import is_complete, latest_checkpoint, list_checkpoints
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

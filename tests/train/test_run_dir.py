@@ -36,7 +36,7 @@ from unimodal.cli import main
 from unimodal.errors import CheckpointError, ConfigError, Interrupted, RunDirError
 from unimodal.run_dir import LOCK_FILE, RunLock
 from unimodal.train import TrainConfig, train
-from unimodal.train.checkpoints import list_checkpoints
+from unimodal.train.run_state import list_checkpoints
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

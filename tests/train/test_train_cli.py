@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 from unimodal.checkpoint import load_checkpoint
 from unimodal.cli import main
 from unimodal.data import load_dataset
-from unimodal.train.checkpoints import list_checkpoints
+from unimodal.train.run_state import list_checkpoints
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

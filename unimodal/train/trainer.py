@@ -42,7 +42,7 @@ from unimodal.layout import PAD_DOC
 from unimodal.model import ACDiT
 from unimodal.run_dir import RunLock, check_lock, check_writable, is_disk_full, move_aside, run_entries
 
-from . import checkpoints as ckpt
+from . import run_state as ckpt
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, broadcast_object, init_distributed
 from .ema import EMA, gathered, param_chunks

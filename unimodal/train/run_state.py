@@ -1,4 +1,6 @@
-"""Training checkpoints: where they live, how one is written atomically by many ranks, which to resume, pruning.
+"""A run's training checkpoints: where they live, how one is written atomically by many ranks, which to resume, pruning.
+
+(`unimodal.checkpoint` is the file format of one checkpoint's weights; this module is the training side.)
 
     out_dir/checkpoints/step_0001000/
         model.safetensors, ema.safetensors, config.yaml, meta.json, tokenizer/   (unimodal.checkpoint format)
