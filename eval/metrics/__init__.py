@@ -1,12 +1,9 @@
 """Metrics of the evaluation harness; importing this package registers them all.
 
 The functions live in their modules (`fid.frechet_distance`, `vqa.normalize_answer`,
-`linear_probe.linear_probe`, ...); the package exports the registry. Importing it
-also registers the benchmark datasets (`unimodal.eval.benchmarks`: vqav2, gqa, pope,
-textvqa, coco_karpathy), so every eval task can name them.
+`linear_probe.linear_probe`, ...); the package exports the registry.
 """
 
-from .. import benchmarks  # noqa: F401  (registers the benchmark datasets)
 from . import (  # noqa: F401
     captioning,
     coco_caption,

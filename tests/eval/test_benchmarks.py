@@ -109,7 +109,6 @@ def data_root(tmp_path_factory) -> Path:
 
 def _load(name, split, root, **options):
     from unimodal.data import load_dataset
-    from unimodal.eval.metrics import get_metric  # noqa: F401  (registers the benchmark datasets)
 
     return load_dataset(name, split, **options)
 
@@ -200,9 +199,9 @@ def test_malformed_entries_name_file_record_and_field(data_root, tmp_path):
     (tmp_path / "coco_pope_random.json").write_text("\n".join(bad))
     with pytest.raises(RecordError, match=r"coco_pope_random.json: record 0, field 'label': must be 'yes' or 'no'"):
         _load("pope", "random", data_root, path=tmp_path)
-    from unimodal.errors import EvalError
+    from unimodal.errors import ConfigError
 
-    with pytest.raises(EvalError, match="unknown prompt template 'short@9'"):
+    with pytest.raises(ConfigError, match="unknown prompt template 'short@9'"):
         _load("gqa", "testdev", data_root, path=data_root / "gqa", prompt="short@9")
 
 

@@ -8,6 +8,7 @@ Importing this package registers the built-in sources.
 """
 
 from unimodal.data import (  # noqa: F401  (register the sources)
+    benchmarks,  # vqav2, gqa, pope, textvqa, coco_karpathy (the user's downloaded files)
     digits,
     easyvqa,
     fashion_mnist,

@@ -1,7 +1,8 @@
 """Loaders of standard understanding benchmarks, reading the user's downloaded files in their official formats.
 
-Each is a registered dataset (``unimodal.data.load_dataset("vqav2", "val2014", path=...)``)
-and is read afresh on every call (not cached, like the other local sources). Records
+Each is a registered dataset (``unimodal.data.load_dataset("vqav2", "val2014", path=...)``;
+the eval tasks ``eval/tasks/{vqav2_val,gqa_testdev,pope_*,textvqa_val,coco_karpathy_test}.yaml``
+name them) and is read afresh on every call (not cached, like the other local sources). Records
 hold the image as a *path*: ``datasets`` decodes an image only when a record is read,
 so loading a 200K-question split keeps the annotations in memory, never the images,
 and a seeded ``num_samples`` subset decodes only its own images. Records come in the
@@ -18,8 +19,8 @@ textvqa        ``TextVQA_0.5.1_<split>.json``                         ``<image_i
 coco_karpathy  ``dataset_coco.json``                                  ``<filepath>/<filename>`` (default ``<path>``)
 =============  ====================================================  ============================
 
-Question records: ``question`` (the prompt template applied, see
-:mod:`.prompts`), ``raw_question``, ``answer`` and (VQAv2, TextVQA) the ten
+Question records: ``question`` (the pinned prompt template applied, see
+:data:`PROMPTS`), ``raw_question``, ``answer`` and (VQAv2, TextVQA) the ten
 ``answers`` the official scorer reads. Caption records: ``captions`` (the raw
 reference sentences). A missing file raises one `MissingFileError` naming the
 file expected and what to download; a malformed entry raises `RecordError`
@@ -37,9 +38,27 @@ from typing import Any, ClassVar
 import datasets
 
 from unimodal.data.registry import DatasetSource, format_card, register_dataset
-from unimodal.errors import DataError, MissingFileError, RecordError
+from unimodal.errors import ConfigError, DataError, MissingFileError, RecordError, unknown
 
-from .prompts import PROMPTS, render_prompt
+# ---- prompt templates ----------------------------------------------------------------------
+# A template is named ``<name>@<version>``; its text never changes once shipped. A new wording
+# is a new version (and the eval tasks using it bump their own ``version``), so a result file's
+# ``settings.options.prompt`` says exactly what the model was asked. Loaders put the filled
+# template in ``question`` and the benchmark's own text in ``raw_question``.
+PROMPTS: dict[str, str] = {
+    # the question exactly as the benchmark gives it
+    "plain@1": "{question}",
+    # the short-answer instruction LLaVA-style evaluations append for VQAv2, GQA, POPE and TextVQA
+    "short_answer@1": "{question}\nAnswer the question using a single word or phrase.",
+}
+
+
+def render_prompt(template: str, question: str) -> str:
+    """The question as ``template`` asks it; an unknown template name lists the shipped ones."""
+    if template not in PROMPTS:
+        raise unknown("prompt template", template, PROMPTS)
+    return PROMPTS[template].format(question=question)
+
 
 DEFAULT_PROMPT = "short_answer@1"
 
@@ -104,8 +123,6 @@ class BenchmarkSource(DatasetSource):
         self, split: str | None, path: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
         prompt: str = DEFAULT_PROMPT,
     ) -> dict[str, Any]:
-        from unimodal.errors import ConfigError
-
         if path is None:
             raise ConfigError(f"dataset {self.name!r} needs path= (the folder holding {self._names(split)})")
         root = Path(path).expanduser()
