@@ -69,7 +69,8 @@ def test_eval_produces_every_metric_and_is_deterministic(text_checkpoint, class_
     assert {"probe_accuracy/color", "probe_accuracy/shape"} <= set(text["tasks"]["t_probe"]["metrics"])
     assert {"class_accuracy/color", "class_accuracy/shape"} <= set(text["tasks"]["t_t2i"]["metrics"])
     assert cls["tasks"]["t_c2i"]["comparable_with_published"] is False
-    assert cls["tasks"]["t_c2i"]["details"]["extractor"]["test_accuracy"]["label"] >= 0
+    acc = cls["tasks"]["t_c2i"]["details"]["extractor"]["test_accuracy"]["label"]
+    assert 0.0 <= acc <= 1.0 and acc * 100 == pytest.approx(round(acc * 100))  # a fraction of max_test=100 images
     # same seed, same results (timings aside)
     assert without_timings(runs[0]) == without_timings(runs[1])
     # the report: Markdown with sample grids and the probe plots
@@ -114,6 +115,14 @@ def test_bad_requests_give_one_clear_error(text_checkpoint, class_checkpoint, ta
     # not a checkpoint at all
     assert run(tmp_path, ["t_vqa"], out, task_dir) == 2
     assert "not a unimodal checkpoint" in one_error(capsys)
+    # missing arguments, and a limit below 1
+    assert main(["eval", "--tasks", "t_vqa", "--output", str(out)]) == 2
+    assert "--checkpoint and --tasks are required" in one_error(capsys)
+    assert main(["eval", "--checkpoint", str(text_checkpoint), "--output", str(out)]) == 2
+    assert "--checkpoint and --tasks are required" in one_error(capsys)
+    with pytest.raises(SystemExit) as e:
+        run(text_checkpoint, ["t_vqa"], out, task_dir, "--limit", "0")
+    assert e.value.code == 2 and "--limit: 0 is invalid: must be an integer >= 1" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -127,3 +136,32 @@ def test_checkpoint_must_be_trained_for_the_head(text_checkpoint):
     check_checkpoint(get_eval_task("easyvqa_probe"), ckpt, tokenizer=object())  # any model can be probed
     with pytest.raises(EvalError, match="needs a checkpoint trained on task 'captioning'.*\\['vqa'\\]"):
         check_checkpoint(get_eval_task("easyvqa_caption"), ckpt, tokenizer=object())
+
+
+def _by_hand(pred: str, ref: str) -> bool:
+    """easy-VQA's single-reference rule, written out: lower case, punctuation and articles dropped."""
+    words = lambda s: [w for w in "".join(c if c.isalnum() or c.isspace() else " " for c in s.lower()).split()  # noqa: E731
+                       if w not in ("a", "an", "the")]
+    return words(pred) == words(ref)
+
+
+def test_text_scores_are_the_mean_over_the_listed_predictions(text_checkpoint, task_dir, tmp_path):
+    """With few enough questions that results.json lists every prediction, each text metric is
+    recomputed by hand from those predictions and their references."""
+    out = tmp_path / "r.json"
+    assert main(["eval", "--checkpoint", str(text_checkpoint), "--tasks", "t_vqa,t_caption", "--output", str(out),
+                 "--limit", "8", "--include-path", str(task_dir), "--no-progress"]) == 0
+    res = json.loads(out.read_text())["tasks"]
+    vqa, cap = res["t_vqa"], res["t_caption"]
+    ex = vqa["details"]["examples"]
+    assert 2 <= vqa["num_samples"] == len(ex) <= 8 and all(len(e["references"]) == 1 for e in ex)
+    hand = sum(_by_hand(e["prediction"], e["references"][0]) for e in ex) / len(ex)
+    assert 0 < hand < 1  # some right, some wrong: a constant score cannot match
+    assert vqa["metrics"]["vqa_accuracy"] == pytest.approx(hand)
+    exact = sum(e["prediction"].strip().lower() == e["references"][0].strip().lower() for e in ex) / len(ex)
+    assert vqa["metrics"]["exact_match"] == pytest.approx(exact)
+    cex = cap["details"]["examples"]
+    assert cap["num_samples"] == len(cex) == 8
+    exact = sum(e["prediction"].strip().lower() in [r.strip().lower() for r in e["references"]] for e in cex) / 8
+    assert cap["metrics"]["exact_match"] == pytest.approx(exact)
+    assert 0.0 <= cap["metrics"]["bleu4"] <= 1.0 and cap["metrics"]["cider_d"] >= 0.0
