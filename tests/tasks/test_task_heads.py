@@ -45,7 +45,13 @@ def targets_of(ex):
 
 
 def test_registry_lists_tasks_and_suggests():
+    from unimodal.tasks import VQA, Captioning, ClassToImage, ClassToVideo, TextToImage
+
     assert {"class_to_image", "text_to_image", "captioning", "vqa"} <= set(list_tasks())
+    expect = {"class_to_image": ClassToImage, "text_to_image": TextToImage, "captioning": Captioning, "vqa": VQA,
+              "class_to_video": ClassToVideo}
+    for name, cls in expect.items():
+        assert get_task_class(name) is cls, name  # each name builds its own head
     with pytest.raises(ValueError, match="captioning"):
         get_task_class("captionning")
 
@@ -58,15 +64,24 @@ def test_image_bank_round_trips_pixels(easyvqa, bank):
     torch.testing.assert_close(tokens_to_images(bank.tokens[:4], V), imgs)
 
 
-def test_vqa_trains_only_the_answer(tok, bank):
+def test_vqa_trains_only_the_answer(tok):
+    """A record with three (question, answer) pairs written out here: each example holds one question
+    followed by *its* answer, only the answer (and EOS) is a target, and every pair gets picked."""
+    pairs = [("what color is the shape?", "red"), ("is there a circle?", "yes"), ("what shape is it?", "circle")]
+    bank = ImageBank(torch.zeros(1, 16, V.token_dim), {"questions": [[q for q, _ in pairs]], "answers": [[a for _, a in pairs]]},
+                     "hand")
     vqa = get_task_class("vqa")(V, tok)
-    rng = np.random.default_rng(0)
-    ex = vqa.example(bank, 0, rng)
-    q, a = vqa.pair(bank, 0, np.random.default_rng(0))
-    assert targets_of(ex) == tok.encode(a) + [tok.eos_id]
-    assert ex.layout.num_noisy_blocks == 0  # understanding: the image is clean context only
-    ids = ex.layout.text_ids[ex.layout.modality == TEXT].tolist()
-    assert ids == [tok.bos_id, tok.boi_id, tok.eoi_id] + tok.encode(q) + tok.encode(a) + [tok.eos_id]
+    seen = set()
+    for seed in range(30):
+        ex = vqa.example(bank, 0, np.random.default_rng(seed))
+        ids = ex.layout.text_ids[ex.layout.modality == TEXT].tolist()
+        matches = [k for k, (q, a) in enumerate(pairs)
+                   if ids == [tok.bos_id, tok.boi_id, tok.eoi_id, *tok.encode(q), *tok.encode(a), tok.eos_id]]
+        assert len(matches) == 1, tok.decode(ids)  # one question and its own answer, never another's
+        assert targets_of(ex) == tok.encode(pairs[matches[0]][1]) + [tok.eos_id]
+        assert ex.layout.num_noisy_blocks == 0  # understanding: the image is clean context only
+        seen.add(matches[0])
+    assert seen == {0, 1, 2}
 
 
 def test_captioning_and_text_to_image_formats(tok, bank):
