@@ -51,8 +51,39 @@ def test_inception_runs_from_a_local_file_with_random_weights(tmp_path, monkeypa
     torch.save(net.state_dict(), tmp_path / "random-inception.pth")
     ex = build_extractor("inception", {"weights": str(tmp_path / "random-inception.pth")}, dataset="x", image_size=32, channels=1)
     assert not ex.comparable and ex.info["standard_weights"] is False  # not the published file
-    feats, logits = ex(torch.rand(2, 1, 32, 32) * 2 - 1)
+    real, seen = ex.net, []
+
+    def recording(x):
+        seen.append(x.clone())
+        return real(x)
+
+    ex.net = recording
+    grey = torch.tensor([-1.0, -0.5, 0.0, 1.0]).repeat(2, 1, 32, 8)  # (2, 1, 32, 32), columns cycle the 4 values
+    feats, logits = ex(grey)
     assert feats.shape == (2, 2048) and logits["imagenet"].shape == (2, 1008) and np.isfinite(feats).all()
+    # what the network gets: uint8 in [0, 255] (torch-fidelity's contract), the grey channel copied to RGB;
+    # [-1, -0.5, 0, 1] -> (v + 1)·127.5 = [0, 63.75, 127.5, 255] -> rounded [0, 64, 128, 255] (half to even)
+    (x,) = seen
+    assert x.dtype == torch.uint8 and x.shape == (2, 3, 32, 32)
+    assert x[0, :, 0, :4].tolist() == [[0, 64, 128, 255]] * 3
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])
+
+
+def test_only_the_published_inception_file_is_comparable(tmp_path, monkeypatch):
+    """The FID is marked comparable with published numbers exactly when the weight file's SHA-256 starts
+    with 6726825d (the digest in torch-fidelity's file name weights-inception-2015-12-05-6726825d.pth)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    import unimodal.eval.extractors.inception as inc
+
+    monkeypatch.setattr(fe.FeatureExtractorInceptionV3, "__init__", lambda self, *a, **k: torch.nn.Module.__init__(self))
+    w = tmp_path / "w.pth"
+    w.write_bytes(b"weights")
+    for digest, comparable in (("6726825d" + "0" * 56, True), ("6726825e" + "0" * 56, False), ("0" * 56 + "6726825d", False)):
+        monkeypatch.setattr(inc, "sha256", lambda path, d=digest: d)
+        ex = build_extractor("inception", {"weights": str(w)}, dataset="x", image_size=32, channels=3)
+        assert ex.comparable is comparable and ex.info["standard_weights"] is comparable, digest
+        assert ex.name == f"inception-v3-compat-{digest[:12]}"
 
 
 def test_domain_clip_prefers_the_right_caption(eval_cache):
