@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
+from unimodal.errors import UnimodalError
+
 from .context import EvalContext, Evidence
 from .errors import EvalError
 from .metrics import get_metric, score_text
@@ -79,6 +81,17 @@ def check_checkpoint(task: EvalTaskConfig, ckpt: Any, tokenizer: Any) -> None:
         noisy_t, steps = task.probe.get("noisy_t"), ckpt.schedule.num_train_timesteps
         if noisy_t is not None and noisy_t >= steps:
             raise EvalError(f"{what}: probe noisy_t={noisy_t} is not a timestep of the checkpoint's schedule (valid: 0..{steps - 1})")
+
+
+def check_data(task: EvalTaskConfig) -> None:
+    """Fail before any work when a task's dataset, split, options or downloaded files are wrong."""
+    from unimodal.data.registry import check_dataset
+
+    for split in (task.split, task.train_split) if task.head == "probe" else (task.split,):
+        try:
+            check_dataset(task.dataset, split, **task.options)
+        except UnimodalError as e:
+            raise EvalError(f"eval task {task.name!r}: {e}") from None
 
 
 def check_output(output: str | Path | None) -> None:
@@ -175,6 +188,7 @@ def run_eval(
         configs = [replace(c, seed=int(seed)) for c in configs]
     for c in configs:
         check_weight_files(c, inception_weights)
+        check_data(c)
     check_output(output)
     ckpt = load_checkpoint(checkpoint, use_ema=use_ema, device=device)
     tokenizer = TextTokenizer.load(ckpt.tokenizer_dir) if ckpt.tokenizer_dir is not None else None

@@ -54,10 +54,14 @@ def checkpoint_identity(path: str | Path, used_ema: bool) -> dict[str, Any]:
 
 
 def prompt_template(task: EvalTaskConfig) -> str:
-    """The template a task's head uses; a task-level ``options.prompt`` is part of it."""
+    """The template a task's head uses; a task's ``options.prompt`` (a named template) adds its exact text."""
+    from unimodal.data.benchmarks import PROMPTS
+
     template = HEAD_TEMPLATES[task.head]
     custom = task.options.get("prompt") if isinstance(task.options, dict) else None
-    return template if not custom else f"{template} | question = {custom}"
+    if not custom:
+        return template
+    return f"{template} | {custom}: question = {PROMPTS.get(custom, custom)!r}"
 
 
 def array_sha256(*arrays: np.ndarray) -> str:

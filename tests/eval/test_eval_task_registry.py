@@ -165,3 +165,14 @@ def test_output_path_is_checked_before_any_work(tmp_path):
     for bad, match in ((tmp_path, "is a directory"), (tmp_path / "r.txt", "must be a .json file"), (tmp_path / "f" / "r.json", "is a file")):
         with pytest.raises(EvalError, match=match):
             check_output(bad)
+
+
+def test_dataset_files_are_checked_before_the_checkpoint_is_read(tmp_path, monkeypatch):
+    from unimodal.eval import run_eval
+
+    monkeypatch.setenv("UNIMODAL_DATA", str(tmp_path))
+    (tmp_path / "pope").mkdir()
+    # the checkpoint does not exist either: the data error comes first, so nothing was loaded or run
+    with pytest.raises(EvalError, match=r"eval task 'pope_random': .*coco_pope_random.json does not exist"):
+        run_eval(tmp_path / "no-checkpoint", ["easyvqa_vqa", "pope_random"], tmp_path / "r.json", progress=False)
+    assert not (tmp_path / "r.json").exists()

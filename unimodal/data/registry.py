@@ -117,6 +117,25 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "unimodal"
 
 
+def _checked(name: str, split: str | None, view: str, options: dict[str, Any]) -> tuple[DatasetSource, dict[str, Any]]:
+    source = get_source(name)
+    if view not in source.views:
+        raise DataError(f"dataset {name!r} has no view {view!r}; views: {', '.join(source.views)}")
+    if source.splits and split not in source.splits:
+        raise DataError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(source.splits)}")
+    _check_options(source, options)
+    return source, source.resolve_options(split, **options)
+
+
+def check_dataset(name: str, split: str | None = None, *, view: str = "default", cache: bool | None = None,
+                  cache_dir: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:
+    """Check what `load_dataset` would be asked (name, split, view, options, the files they name) without building it.
+
+    Returns the resolved options. Raises the error `load_dataset` would raise, before any work.
+    """
+    return _checked(name, split, view, options)[1]
+
+
 def load_dataset(
     name: str,
     split: str | None = None,
@@ -140,13 +159,7 @@ def load_dataset(
     Returns:
         The dataset; image columns decode to PIL images.
     """
-    source = get_source(name)
-    if view not in source.views:
-        raise DataError(f"dataset {name!r} has no view {view!r}; views: {', '.join(source.views)}")
-    if source.splits and split not in source.splits:
-        raise DataError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(source.splits)}")
-    _check_options(source, options)
-    options = source.resolve_options(split, **options)
+    source, options = _checked(name, split, view, options)
     use_cache = source.cached if cache is None else cache
     if not use_cache:
         with tempfile.TemporaryDirectory(prefix="unimodal-build-") as tmp:
