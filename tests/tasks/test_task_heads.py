@@ -215,3 +215,39 @@ def test_long_record_text_is_truncated_and_counted(tok, bank):
     assert int((ex.layout.modality == TEXT).sum()) <= 2 * 12 + 8  # question and answer both bounded (+ specials)
     with pytest.raises(ValueError, match="max_text_tokens must be an integer >= 1"):
         get_task_class("vqa")(V, tok, max_text_tokens=0)
+
+
+def test_mixture_weights_set_the_sampling_proportions(monkeypatch):
+    """Weights 3 : 1 draw 75% / 25% of examples (4,000 draws: a binomial s.d. of 0.007, the margin 0.03)."""
+    import unimodal.tasks.mixture as mixture
+
+    banks = {name: ImageBank(torch.zeros(4, 16, V.token_dim), {"label": [lab] * 4}, name) for name, lab in (("a", 1), ("b", 2))}
+    monkeypatch.setattr(mixture, "load_bank", lambda dataset, *a, **k: banks[dataset])
+    specs = [{"name": "class_to_image", "dataset": "a", "weight": 3.0, "drop_prob": 0.0},
+             {"name": "class_to_image", "dataset": "b", "weight": 1.0, "drop_prob": 0.0}]
+    mix = build_mixture(specs, V, None, seed=0)
+    labels = [ex.class_label for step in range(40) for ex in mix.examples(step, 0, 100)]
+    assert set(labels) == {1, 2}
+    assert abs(labels.count(1) / len(labels) - 0.75) < 0.03
+    specs[1]["weight"] = 3.0  # equal weights: half and half
+    labels = [ex.class_label for step in range(40) for ex in build_mixture(specs, V, None, seed=0).examples(step, 0, 100)]
+    assert abs(labels.count(1) / len(labels) - 0.5) < 0.03
+
+
+@pytest.mark.parametrize(
+    "spec, pattern",
+    [
+        ({"name": "vqa", "dataset": "easyvqa", "wieght": 2}, r"unknown task field 'wieght'.*Did you mean 'weight'"),
+        ({"name": "vqa"}, r"a task entry needs 'dataset'"),
+        ({"dataset": "easyvqa"}, r"a task entry needs 'name'"),
+        ({"name": "vqa", "dataset": "easyvqa", "weight": 0}, r"task 'vqa': weight"),
+        ({"name": "vqa", "dataset": "easyvqa", "weight": -1.0}, r"task 'vqa': weight"),
+        ({"name": "vqa", "dataset": "easyvqa", "drop_prob": 1.0}, r"task 'vqa': drop_prob"),
+    ],
+)
+def test_task_spec_errors_name_the_field(spec, pattern):
+    from unimodal.config import ConfigError
+    from unimodal.tasks.mixture import TaskSpec
+
+    with pytest.raises(ConfigError, match=pattern):
+        TaskSpec.from_dict(spec)
