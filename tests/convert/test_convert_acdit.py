@@ -219,3 +219,55 @@ def test_existing_output_needs_overwrite(release_file, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     convert_acdit(src, out, overwrite=True)
     assert (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
+
+
+def with_args(ref, path: Path, state=None, **changes) -> Path:
+    args = vars(release_args(ref))
+    args.update(changes)
+    torch.save({"model": ref.state_dict() if state is None else state, "args": argparse.Namespace(**args)}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(use_rope=False), r"args.use_rope=False: only the released RoPE-ND models"),
+        (dict(nd_split="1_x"), r"args.nd_split='1_x' is invalid: expected e.g. '2_3_3' or '1_1'"),
+        (dict(nd_split="1_1_1"), r"args.nd_split='1_1_1' does not fit a image \(h_w\) model"),
+        (dict(nd_split="0_1"), r"args.nd_split='0_1' does not fit"),
+        # head dim 64: 2·s·(32 // 3) = [20, 40] per axis, 60 in all
+        (dict(nd_split="1_2"), r"args.nd_split='1_2' gives head-dim split \[20, 40\], which does not sum to 64"),
+    ],
+)
+def test_release_settings_that_cannot_convert_are_named(release_file, tmp_path, changes, match):
+    _, ref = release_file
+    assert_fails(with_args(ref, tmp_path / "r.pt", **changes), tmp_path / "out" / "ckpt", match)
+
+
+def test_nd_split_sets_the_rope_axes(release_file, tmp_path):
+    _, ref = release_file
+    ck = load_checkpoint(convert_acdit(with_args(ref, tmp_path / "r.pt", nd_split="1_1"), tmp_path / "ck"))
+    assert ck.model.cfg.rope_axes == (0, 32, 32)  # 2·1·(32 // 2) each for h and w, none for time
+
+
+def test_ddp_module_prefix_is_stripped(release_file, tmp_path):
+    src, ref = release_file
+    plain = load_checkpoint(convert_acdit(src, tmp_path / "plain"))
+    prefixed = {f"module.{k}": v for k, v in ref.state_dict().items()}
+    ddp = load_checkpoint(convert_acdit(with_args(ref, tmp_path / "ddp.pt", state=prefixed), tmp_path / "ddp"))
+    a, b = plain.model.state_dict(), ddp.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    half = {(f"module.{k}" if i % 2 else k): v for i, (k, v) in enumerate(ref.state_dict().items())}
+    with pytest.raises(CheckpointError, match="missing keys"):  # only an all-prefixed state is a DDP one
+        convert_acdit(with_args(ref, tmp_path / "half.pt", state=half), tmp_path / "half")
+
+
+def test_vae_directory_is_checked_and_recorded(release_file, tmp_path, capsys):
+    src, _ = release_file
+    assert_fails(src, tmp_path / "out" / "ckpt", r"VAE directory .*nope", vae_dir=str(tmp_path / "nope"))
+    assert main(["convert", "acdit", "--input", str(src), "--output", str(tmp_path / "o2"), "--vae", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    vae = tmp_path / "vae"
+    vae.mkdir()
+    ck = load_checkpoint(convert_acdit(src, tmp_path / "ck", vae_dir=str(vae)))
+    assert ck.visual.vae_dir == str(vae.resolve())
