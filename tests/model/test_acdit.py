@@ -157,3 +157,42 @@ def test_tiny_model_overfits_one_mixed_batch():
         opt.step()
         losses.append(parts["loss"].item())
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+
+
+@torch.no_grad()
+def test_tied_embeddings_save_once_and_load_tied(tmp_path):
+    from unimodal.checkpoint import load_checkpoint, read_weights, save_checkpoint
+
+    m = make_model(tie_embeddings=True)
+    assert m.lm_head.weight is m.tok_embeddings.weight
+    b, _ = mixed_batch()
+    ref = m(b)
+    ck_dir = save_checkpoint(tmp_path / "tied", m)
+    saved = read_weights(ck_dir / "model.safetensors")
+    assert "tok_embeddings.weight" in saved and "lm_head.weight" not in saved  # one copy of the shared matrix
+    back = load_checkpoint(ck_dir).model
+    assert back.cfg.tie_embeddings and back.lm_head.weight is back.tok_embeddings.weight  # still one parameter
+    assert torch.equal(back.tok_embeddings.weight, m.tok_embeddings.weight)
+    out = back(b)
+    torch.testing.assert_close(out.text_logits, ref.text_logits, rtol=0, atol=0)
+    torch.testing.assert_close(out.eps, ref.eps, rtol=0, atol=0)
+
+
+def test_hidden_layers_range_and_the_automatic_attention_backend():
+    from unimodal.config import ConfigError
+
+    m = make_model()
+    b, _ = mixed_batch()
+    n = m.cfg.n_layer
+    for bad in (-1, n + 1):
+        with pytest.raises(ConfigError, match=rf"hidden layer {bad} out of range: valid are 0..{n}"):
+            m(b, hidden_layers=(bad,))
+    assert m.cfg.attn_backend == "auto"
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    # auto: flex only on CUDA without a KV cache; SDPA on CPU and for cached decoding
+    assert [m.attention_backend(d, c) for d, c in ((cpu, False), (cpu, True), (cuda, False), (cuda, True))] == \
+        ["sdpa", "sdpa", "flex", "sdpa"]
+    m.cfg.attn_backend = "flex"
+    assert (m.attention_backend(cpu, False), m.attention_backend(cuda, True)) == ("flex", "sdpa")
+    m.cfg.attn_backend = "sdpa"
+    assert m.attention_backend(cuda, False) == "sdpa"
