@@ -153,3 +153,55 @@ def test_bad_class_label_and_missing_guidance_context(model):
         list(g.stream_visual(Image(2, 2, 1, 1), VisualSampling(steps=2), class_labels=torch.tensor([7])))
     with pytest.raises(ValueError, match="unconditional context"):
         list(g.stream_visual(Image(2, 2, 1, 1), VisualSampling(steps=2, cfg_scale=2.0)))
+
+
+@torch.no_grad()
+def test_max_context_keeps_the_last_tokens_of_the_cache(model):
+    """After each finished block the cache holds at most max_context tokens, namely the newest ones
+    (after block 0 the same keys as an unlimited run, less the oldest); a budget above the whole
+    context changes nothing; a small one changes the later blocks (their context was cut)."""
+    seg, vis = Image(4, 4, 2, 2), VisualSampling("ddim", steps=2)  # 4 blocks of 4 tokens
+    labels = torch.tensor([0, 3, 4])
+
+    def blocks(max_context):
+        g = Generator(model, 3, seed=4)
+        g.prefill(prompts())
+        start = len(g.ctx.cache)
+        out, sizes, first = [], [], None
+        for ev in g.stream_visual(seg, vis, class_labels=labels, max_context=max_context):
+            if isinstance(ev, BlockEvent):
+                out.append(ev.tokens.clone())
+                sizes.append(len(g.ctx.cache))
+                if first is None:
+                    first = [(k.clone(), v.clone()) for k, v in zip(g.ctx.cache.k, g.ctx.cache.v)]
+        return out, sizes, first, start
+
+    full, full_sizes, full_first, start = blocks(None)
+    assert full_sizes == [start + 4 * (b + 1) for b in range(4)]
+    same, _, _, _ = blocks(start + 16)
+    for a, b in zip(full, same):
+        assert torch.equal(a, b)
+    n = 6
+    cut, cut_sizes, cut_first, _ = blocks(n)
+    assert cut_sizes == [n] * 4
+    for (k, v), (fk, fv) in zip(cut_first, full_first):
+        assert torch.equal(k, fk[:, :, -n:]) and torch.equal(v, fv[:, :, -n:])
+    assert torch.equal(cut[0], full[0])  # block 0 saw the whole prefill
+    assert not torch.equal(cut[-1], full[-1])
+
+
+def test_text_sampling_and_prefill_validation(model):
+    from unimodal.config import ConfigError
+
+    for kw, pattern in ((dict(temperature=-0.1), r"temperature=-0.1 is invalid: must be >= 0"),
+                        (dict(top_k=0), r"top_k=0 is invalid: must be >= 1 or None"),
+                        (dict(top_p=0.0), r"top_p=0.0 is invalid: must be in \(0, 1\]"),
+                        (dict(top_p=1.5), r"top_p=1.5 is invalid")):
+        with pytest.raises(ConfigError, match=pattern):
+            TextSampling(8, **kw)
+    g = Generator(model, 2)
+    with pytest.raises(ValueError, match="prefill got 3 contexts for a batch of 2"):
+        g.prefill(prompts())
+    noisy = Example(Layout([Text([1]), Image(2, 2, 1, 2)]), torch.zeros(4, C))
+    with pytest.raises(ValueError, match="context 1 has noisy blocks"):
+        g.prefill([prompts()[0], noisy])
