@@ -18,6 +18,9 @@ from .errors import ConfigError, suggest  # re-exported
 
 ATTN_BACKENDS = ("auto", "sdpa", "flex")
 ROPE_STYLES = ("mrope", "acdit")
+ROPE_FREQS = ("axis", "shared")
+ROPE_SCALINGS = ("linear", "llama3")
+MLP_KINDS = ("gelu", "swiglu")
 
 # name -> (n_layer, d_model); head dim is 64 for every preset (paper, DiT).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -63,7 +66,14 @@ class ModelConfig:
     d_model: int = 128  # hidden width; n_head = d_model // head_dim
     head_dim: int = 64  # paper and DiT use 64 for every size
     mlp_ratio: float = 4.0  # DiT MLP ratio, tanh-GELU
+    mlp: Literal["gelu", "swiglu"] = "gelu"  # gelu: DiT's tanh-GELU MLP; swiglu: Llama's silu(gate) * up
+    ffn_dim: int = 0  # MLP hidden width; 0: int(d_model * mlp_ratio)
+    mlp_bias: bool = True  # biases in the MLP linears (DiT: yes; Llama/Qwen: no)
+    q_heads: int = 0  # query heads; 0: d_model // head_dim (Qwen3 decouples head_dim from d_model)
+    n_kv_head: int = 0  # key/value heads (grouped-query attention); 0: as many as query heads
     qkv_bias: bool = True  # as the released ACDiT
+    proj_bias: bool = True  # bias of the attention output projection (release: yes; Llama/Qwen: no)
+    qk_norm: bool = True  # per-head RMSNorm on queries and keys (release, Qwen3); Llama/Qwen2: none
     norm_eps: float = 1e-6  # RMSNorm eps of the release
     vocab_size: int = 512  # text vocabulary (0: no text path)
     tie_embeddings: bool = False  # share token embedding and LM head
@@ -72,6 +82,13 @@ class ModelConfig:
     rope_axes: tuple[int, int, int] = (16, 24, 24)  # head dim split over (t, h, w); each even, sums to head_dim
     rope_theta: float = 10000.0  # rotary base for every axis
     rope_style: Literal["mrope", "acdit"] = "mrope"  # "acdit" reproduces the release's RoPE-ND quirks
+    # mrope frequencies. axis: each axis its own ladder theta^(-2k/d_axis); shared: one 1-D ladder
+    # theta^(-2k/head_dim) whose pairs are dealt to (t, h, w) in rope_axes order, so with equal
+    # positions on the three axes (text) it is exactly a causal LM's 1-D RoPE
+    rope_freqs: Literal["axis", "shared"] = "axis"
+    # None, or {rope_type: linear, factor} / {rope_type: llama3, factor, low_freq_factor,
+    # high_freq_factor, original_max_position_embeddings}, as in a Hugging Face config.json
+    rope_scaling: dict[str, Any] | None = None
     attn_backend: Literal["auto", "sdpa", "flex"] = "auto"  # auto: flex on CUDA, SDPA + dense mask elsewhere
     freq_dim: int = 256  # sinusoidal timestep embedding width (release: 256)
 
@@ -81,7 +98,18 @@ class ModelConfig:
 
     @property
     def n_head(self) -> int:
-        return self.d_model // self.head_dim
+        """Query heads."""
+        return self.q_heads or self.d_model // self.head_dim
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads (equal to n_head without grouped-query attention)."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        """MLP hidden width."""
+        return self.ffn_dim or int(self.d_model * self.mlp_ratio)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad field and what is valid."""
@@ -89,11 +117,22 @@ class ModelConfig:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"ModelConfig.{f}={v!r} is invalid: must be a positive integer")
-        for f in ("vocab_size", "num_classes"):
+        for f in ("vocab_size", "num_classes", "ffn_dim", "q_heads", "n_kv_head"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ConfigError(f"ModelConfig.{f}={v!r} is invalid: must be an integer >= 0")
-        if self.d_model % self.head_dim:
+        if self.n_head % self.kv_heads:
+            raise ConfigError(
+                f"ModelConfig.n_kv_head={self.n_kv_head} is invalid: must divide the {self.n_head} query heads"
+            )
+        if self.mlp not in MLP_KINDS:
+            raise ConfigError(f"ModelConfig.mlp={self.mlp!r} is invalid: must be one of {MLP_KINDS}")
+        if self.rope_freqs not in ROPE_FREQS:
+            raise ConfigError(f"ModelConfig.rope_freqs={self.rope_freqs!r} is invalid: must be one of {ROPE_FREQS}")
+        if self.rope_freqs == "shared" and self.rope_style != "mrope":
+            raise ConfigError("ModelConfig.rope_freqs='shared' needs rope_style='mrope'")
+        self._validate_rope_scaling()
+        if not self.q_heads and self.d_model % self.head_dim:
             raise ConfigError(
                 f"ModelConfig.d_model={self.d_model} is invalid: must be a multiple of head_dim={self.head_dim}"
             )
@@ -116,6 +155,22 @@ class ModelConfig:
             )
         if self.tie_embeddings and self.vocab_size == 0:
             raise ConfigError("ModelConfig.tie_embeddings=True needs vocab_size > 0")
+
+    def _validate_rope_scaling(self) -> None:
+        sc = self.rope_scaling
+        if sc is None:
+            return
+        kind = sc.get("rope_type", sc.get("type")) if isinstance(sc, dict) else None
+        if kind not in ROPE_SCALINGS:
+            raise ConfigError(
+                f"ModelConfig.rope_scaling={sc!r} is invalid: rope_type must be one of {ROPE_SCALINGS} (or null)"
+            )
+        need = ("factor",) if kind == "linear" else (
+            "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        for k in need:
+            v = sc.get(k)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"ModelConfig.rope_scaling.{k}={v!r} is invalid: {kind} scaling needs it > 0")
 
     # --- construction -----------------------------------------------------------------
     @classmethod

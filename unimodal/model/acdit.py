@@ -73,34 +73,54 @@ def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mas
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.qkv_bias)
-        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
-        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.n_head, self.head_dim, self.n_kv = cfg.n_head, cfg.head_dim, cfg.kv_heads
+        # one fused projection: [q (H heads); k (Hkv heads); v (Hkv heads)]
+        self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv) * cfg.head_dim, bias=cfg.qkv_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
+        self.proj = nn.Linear(self.n_head * cfg.head_dim, cfg.d_model, bias=cfg.proj_bias)
 
     def forward(self, x: torch.Tensor, ctx: AttnContext, layer: int) -> torch.Tensor:
         B, L, D = x.shape
-        qkv = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
-        q, k, v = self.q_norm(qkv[0]), self.k_norm(qkv[1]), qkv[2]
+        if self.n_kv == self.n_head:
+            qkv = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+        else:  # grouped-query attention: Hkv key/value heads
+            q, k, v = self.qkv(x).split([self.n_head * self.head_dim] + [self.n_kv * self.head_dim] * 2, dim=-1)
+            q = q.view(B, L, self.n_head, self.head_dim).transpose(1, 2)
+            k = k.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
+            v = v.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
         if ctx.cache is not None:
-            k, v = ctx.cache.keys_values(layer, k, v, ctx.update_cache)  # (B, H, S+L, hd)
+            k, v = ctx.cache.keys_values(layer, k, v, ctx.update_cache)  # (B, Hkv, S+L, hd)
+        if self.n_kv != self.n_head:  # query head i reads key/value head i // (H / Hkv)
+            k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
         if ctx.backend == "flex":
             y = _flex_attention(q, k, v, ctx.mask)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask)  # (B, H, L, hd)
-        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+        return self.proj(y.transpose(1, 2).reshape(B, L, self.n_head * self.head_dim))
 
 
 class MLP(nn.Module):
+    """tanh-GELU MLP (DiT), or SwiGLU (Llama): fc1 holds [gate; up], fc2 is the down projection."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        hidden = int(cfg.d_model * cfg.mlp_ratio)
-        self.fc1 = nn.Linear(cfg.d_model, hidden)
-        self.fc2 = nn.Linear(hidden, cfg.d_model)
+        hidden = cfg.mlp_hidden
+        self.swiglu = cfg.mlp == "swiglu"
+        self.fc1 = nn.Linear(cfg.d_model, 2 * hidden if self.swiglu else hidden, bias=cfg.mlp_bias)
+        self.fc2 = nn.Linear(hidden, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            gate, up = self.fc1(x).chunk(2, dim=-1)
+            return self.fc2(F.silu(gate) * up)
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
@@ -284,7 +304,8 @@ class ACDiT(nn.Module):
                 raise ConfigError(f"hidden layer {i} out of range: valid are 0..{self.cfg.n_layer}")
         x = self.embed(batch)  # (B, L, D)
         c = self.condition(batch)  # (B, NB, D) or None
-        cos, sin = rope_tables(batch.pos, self.cfg.rope_axes, self.cfg.rope_theta, self.cfg.rope_style)
+        cos, sin = rope_tables(batch.pos, self.cfg.rope_axes, self.cfg.rope_theta, self.cfg.rope_style,
+                               self.cfg.rope_freqs, self.cfg.rope_scaling)
         backend = self.attention_backend(x.device, cache is not None)
         if cache is not None:
             k_meta = cache.meta_with(batch.unit, batch.noisy, batch.doc)
