@@ -23,9 +23,36 @@ def test_info_lists_presets_and_backend(capsys):
     for preset in ("tiny", "S", "B", "L", "XL", "H"):
         assert f"\n  {preset:5s}" in out
     assert "attention backend (auto)" in out
+    # the paper's depth x width (the DiT sizes), heads of 64 channels, each row as `info` prints it
+    for preset, layers, width, heads in (("B", 12, 768, 12), ("L", 24, 1024, 16), ("XL", 28, 1152, 18), ("H", 32, 1280, 20)):
+        assert f"\n  {preset:5s} {layers:3d} layers x {width:5d}  heads {heads:3d}" in out, preset
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
+
+
+def test_version_matches_the_package_metadata(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"unimodal {version('unimodal')}"  # pyproject.toml's version
+
+
+def test_info_forward_runs_one_step_of_the_preset(capsys):
+    import math
+    import re
+
+    assert main(["info", "--forward", "--preset", "tiny"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"forward\+backward of 'tiny' \(([\d.]+)M params\) on .*, batch 4: (\d+) ms", out)
+    assert m, out
+    tiny_row = re.search(r"\n  tiny\s.*?([\d.]+)M params", out)
+    assert tiny_row and float(m.group(1)) == pytest.approx(float(tiny_row.group(1)), abs=0.06)  # the same model
+    parts = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
+    assert {"loss", "diffusion", "text"} <= set(parts) and all(math.isfinite(float(v)) for v in parts.values())
+    assert float(parts["loss"]) > 0
 
 
 def test_every_train_recipe_is_a_valid_config():
