@@ -61,6 +61,18 @@ def test_easyvqa_sizes_and_columns(cache: Path, easyvqa_test) -> None:
     assert set(easyvqa_test.column_names) == columns
     im = train[0]["image"]
     assert (im.mode, im.size) == ("RGB", (64, 64))
+    # record i is upstream's image i with upstream's questions for it, in upstream's order
+    import easy_vqa
+    from PIL import Image as PILImage
+
+    paths = easy_vqa.get_train_image_paths()
+    texts, answers, image_ids = easy_vqa.get_train_questions()
+    for i in (0, 1, 2375, 3999):
+        upstream = np.asarray(PILImage.open(paths[i]).convert("RGB"))
+        assert np.array_equal(np.asarray(train[i]["image"]), upstream), i
+        assert train[i]["questions"] == [q for q, k in zip(texts, image_ids) if k == i], i
+        assert train[i]["answers"] == [a for a, k in zip(answers, image_ids) if k == i], i
+    assert not np.array_equal(np.asarray(train[0]["image"]), np.asarray(train[1]["image"]))
 
 
 def _consistent(question: str, answer: str, color: str, shape: str) -> bool:
@@ -93,6 +105,24 @@ def test_easyvqa_captions_agree_with_answers_and_pixels(easyvqa_test) -> None:
     for r in captioned[:60]:
         pixels = np.asarray(easyvqa_test[r["image_id"]]["image"]).reshape(-1, 3)
         assert (pixels == EASYVQA_RGB[r["color"]]).all(axis=1).sum() >= 4, r["image_id"]
+
+
+@pytest.mark.parametrize(
+    "question, answer, facts",
+    [  # what each pair says, worked out by hand
+        ("what color is the circle?", "red", [("color", "red", True), ("shape", "circle", True)]),
+        ("what is the blue shape?", "rectangle", [("shape", "rectangle", True), ("color", "blue", True)]),
+        ("is there not a blue shape?", "yes", [("color", "blue", False)]),
+        ("is there not a blue shape?", "no", [("color", "blue", True)]),
+        ("is no triangle present?", "no", [("shape", "triangle", True)]),
+        ("does the image contain a rectangle?", "yes", [("shape", "rectangle", True)]),
+        ("is there a green shape?", "no", [("color", "green", False)]),
+        ("what is the weather?", "sunny", None),
+        ("is it a red circle?", "yes", None),  # two attributes in a yes/no question: not an easy-VQA form
+    ],
+)
+def test_question_facts_by_hand(question, answer, facts) -> None:
+    assert ev.question_facts(question, answer) == facts
 
 
 def test_easyvqa_every_question_is_understood() -> None:
@@ -259,4 +289,19 @@ def test_fashion_mnist_real_files(cache: Path) -> None:
         assert fm.read_idx_header(labels) == (np.dtype(">u1"), (n,))
     test = load_dataset("fashion_mnist", "test", path=fm.DEFAULT_DIR, cache_dir=cache)  # ~1 s
     assert len(test) == 10000 and np.bincount(test["label"]).tolist() == [1000] * 10
+    # the IDX format read by hand: a 16-byte header (magic, n, rows, cols), then n·28·28 bytes row-major;
+    # labels after an 8-byte header
+    import gzip
+
+    images, labels = fm.split_files("test", fm.DEFAULT_DIR)
+    opener = gzip.open if images.suffix == ".gz" else open
+    with opener(images, "rb") as f:
+        raw = f.read()
+    with (gzip.open if labels.suffix == ".gz" else open)(labels, "rb") as f:
+        raw_labels = f.read()
+    assert int.from_bytes(raw[:4], "big") == 0x803 and int.from_bytes(raw_labels[:4], "big") == 0x801
+    for i in (0, 1, 9999):
+        want = np.frombuffer(raw, np.uint8, 784, 16 + 784 * i).reshape(28, 28)
+        assert np.array_equal(np.asarray(test[i]["image"]), want), i
+        assert test[i]["label"] == raw_labels[8 + i], i
     assert test.features["label"].names == list(fm.CLASSES)
