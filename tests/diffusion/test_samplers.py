@@ -117,7 +117,7 @@ def test_euler_in_x_t_space_is_ddim() -> None:
 def test_samplers_use_the_training_betas() -> None:
     schedule = ScheduleConfig(num_train_timesteps=500, beta_end=0.012)
     ab = NoiseSchedule(schedule).alphas_cumprod
-    for name in list_samplers():
+    for name in list_samplers(schedule):
         sampler = create_sampler(name, 10, schedule)
         assert torch.equal(sampler.scheduler.alphas_cumprod, ab), name
         assert 0 <= min(sampler.timesteps) and max(sampler.timesteps) < 500, name

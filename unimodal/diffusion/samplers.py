@@ -13,6 +13,14 @@ the model was trained on. A run is::
 Multistep solvers (DPM-Solver++) keep past model outputs, so `reset()` must
 start every block; `step` checks that timesteps come in order to catch a
 forgotten reset.
+
+Flow-matching schedules (``prediction_type="flow"``) sample the ODE dx/dσ = u with
+diffusers' flow schedulers: ``euler`` (FlowMatchEulerDiscreteScheduler), ``heun``
+(FlowMatchHeunDiscreteScheduler, 2nd order, two model calls per step) and ``dpm++``
+(DPMSolverMultistepScheduler in its flow mode, 2nd order, one call per step). Their
+σ's are put on the training grid σ_t = (t + 1) / T, so the model is always called at
+an integer t it was trained on; ``shift`` (SD3's timestep shift, default 1) spends more
+steps at high noise. CFG applies to the velocity like to ε or v.
 """
 
 from __future__ import annotations
@@ -27,11 +35,13 @@ from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
 )
 
 from unimodal.diffusion.schedule import NoiseSchedule, ScheduleConfig
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_float
 
 # name -> (diffusers class, constructor defaults). clip_sample is off: latents are not confined to [-1, 1].
 _SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
@@ -47,11 +57,17 @@ _SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
     "euler": (EulerDiscreteScheduler, dict(timestep_spacing="leading")),
 }
 _ALIASES = {"dpmsolver++": "dpm++"}
+# the samplers of flow-matching schedules (same names: the same solver family in the flow parameterisation)
+FLOW_SAMPLERS = ("dpm++", "euler", "heun")
 _STEP_KWARGS = {"ddim": {"eta": 0.0}}  # per-call options of scheduler.step, settable through create_sampler
 
 
-def list_samplers() -> list[str]:
-    """Names accepted by `create_sampler` (aliases included)."""
+def list_samplers(schedule: ScheduleConfig | None = None) -> list[str]:
+    """Names accepted by `create_sampler` (aliases included): all of them, or those that sample ``schedule``."""
+    if schedule is None:
+        return sorted({*_SAMPLERS, *_ALIASES, *FLOW_SAMPLERS})
+    if schedule.prediction_type == "flow":
+        return sorted({*FLOW_SAMPLERS, *(a for a, k in _ALIASES.items() if k in FLOW_SAMPLERS)})
     return sorted([*_SAMPLERS, *_ALIASES])
 
 
@@ -134,11 +150,83 @@ class _EulerSampler(Sampler):
         return x_ve / (sigmas[i + 1] ** 2 + 1) ** 0.5
 
 
+def flow_grid(steps: int, num_train_timesteps: int, shift: float = 1.0) -> list[int]:
+    """The integer timesteps (descending, distinct) of a flow run: σ evenly from 1 (shifted), snapped up to the grid."""
+    T = num_train_timesteps
+    sig = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)[:-1]
+    sig = shift * sig / (1 + (shift - 1) * sig)
+    ts = (torch.ceil(sig * T - 1e-9) - 1).long().clamp(0, T - 1).tolist()
+    return sorted(set(ts), reverse=True)
+
+
+class _FlowSampler(Sampler):
+    """A diffusers flow scheduler whose σ's are the training grid σ_t = (t + 1) / T of `flow_grid`."""
+
+    def __init__(self, name: str, scheduler: Any, steps: int, num_train_timesteps: int, shift: float) -> None:
+        self.T, self.shift = num_train_timesteps, float(shift)
+        self.grid = flow_grid(steps, num_train_timesteps, shift)
+        super().__init__(name, scheduler, steps)
+
+    def reset(self) -> None:
+        T, grid = self.T, self.grid
+        sig = torch.tensor([(t + 1) / T for t in grid], dtype=torch.float32)
+        sc = self.scheduler
+        if isinstance(sc, FlowMatchEulerDiscreteScheduler):
+            sc.set_timesteps(sigmas=sig.tolist())  # timesteps σ·T, then a final σ = 0
+            evals = grid
+        elif isinstance(sc, FlowMatchHeunDiscreteScheduler):
+            sc.set_timesteps(len(grid))
+            sc.timesteps = torch.cat([sig[:1], sig[1:].repeat_interleave(2)]) * T  # 2nd-order calls repeat σ
+            sc.sigmas = torch.cat([sig[:1], sig[1:].repeat_interleave(2), torch.zeros(1)])
+            evals = [grid[0], *[t for t in grid[1:] for _ in range(2)]]
+        else:  # DPM-Solver++ in flow mode
+            sc.set_timesteps(len(grid))
+            sc.timesteps = torch.tensor(grid, dtype=torch.long)
+            sc.sigmas = torch.cat([sig, torch.zeros(1)])
+            sc.num_inference_steps = len(grid)
+            sc.model_outputs = [None] * sc.config.solver_order
+            sc.lower_order_nums = 0
+            evals = grid
+        self.timesteps = list(evals)
+        self._i = 0
+
+    def step(self, model_output: torch.Tensor, t: int | torch.Tensor, sample: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        self._check_t(t)
+        t_sched = self.scheduler.timesteps[self._i]
+        out = self.scheduler.step(model_output, t_sched, sample, return_dict=False)[0]
+        self._i += 1
+        return out.to(sample.dtype)
+
+
+def _create_flow_sampler(key: str, steps: int, schedule: ScheduleConfig, cfg: dict[str, Any]) -> Sampler:
+    if key not in FLOW_SAMPLERS:
+        raise ConfigError(
+            f"sampler {key!r} needs a DDPM schedule, but this schedule is flow matching; flow samplers: {list(FLOW_SAMPLERS)}"
+        )
+    options = ("shift", "solver_order") if key == "dpm++" else ("shift",)
+    bad = sorted(set(cfg) - set(options))
+    if bad:
+        raise ConfigError(f"unknown option(s) {bad} for flow sampler {key!r}; valid options: {list(options)}")
+    shift = check_float(f"sampler option shift of {key!r}", cfg.get("shift", 1.0), low=0.0, high=100.0, low_open=True)
+    T = schedule.num_train_timesteps
+    if key == "euler":
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=1.0)  # our grid carries the shift
+    elif key == "heun":
+        scheduler = FlowMatchHeunDiscreteScheduler(num_train_timesteps=T, shift=1.0)
+    else:
+        scheduler = DPMSolverMultistepScheduler(
+            num_train_timesteps=T, algorithm_type="dpmsolver++", solver_order=int(cfg.get("solver_order", 2)),
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=1.0,
+        )
+    return _FlowSampler(key, scheduler, steps, T, shift)
+
+
 def create_sampler(name: str, steps: int, schedule: ScheduleConfig | None = None, **cfg: Any) -> Sampler:
     """Build a sampler by name over the given noise schedule.
 
     Args:
-        name: one of `list_samplers()`: "ddpm", "ddim", "dpm++" (alias "dpmsolver++"), "euler".
+        name: one of `list_samplers(schedule)`: "ddpm", "ddim", "dpm++" (alias "dpmsolver++"), "euler";
+            for a flow-matching schedule "euler", "heun", "dpm++".
         steps: number of inference steps per run.
         schedule: the training noise schedule (default: ACDiT's).
         **cfg: `eta` for "ddim" (default 0: deterministic), or constructor options of the
@@ -151,12 +239,17 @@ def create_sampler(name: str, steps: int, schedule: ScheduleConfig | None = None
         ValueError: unknown name, non-positive steps, or an option the scheduler does not take.
     """
     key = _ALIASES.get(name, name)
-    if key not in _SAMPLERS:
+    if key not in _SAMPLERS and key not in FLOW_SAMPLERS:
         close = difflib.get_close_matches(name, list_samplers(), n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(f"unknown sampler {name!r}; valid samplers: {list_samplers()}.{hint}")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
         raise ConfigError(f"steps={steps!r} is invalid: must be a positive integer")
+    schedule = schedule or ScheduleConfig()
+    if schedule.prediction_type == "flow":
+        return _create_flow_sampler(key, steps, schedule, cfg)
+    if key not in _SAMPLERS:
+        raise ConfigError(f"sampler {key!r} samples flow-matching schedules only; DDPM samplers: {sorted(_SAMPLERS)}")
     cls, defaults = _SAMPLERS[key]
     step_kwargs = dict(_STEP_KWARGS.get(key, {}))
     schedule_kwargs = NoiseSchedule(schedule or ScheduleConfig()).diffusers_config()
