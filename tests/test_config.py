@@ -6,6 +6,8 @@ import yaml
 from unimodal.config import PRESETS, ConfigError, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+# (layers, width): DiT's S/B/L/XL sizes, ACDiT's H, and the 2x128 test model
+SHAPES = {"tiny": (2, 128), "S": (12, 384), "B": (12, 768), "L": (24, 1024), "XL": (28, 1152), "H": (32, 1280)}
 
 
 def test_presets_have_paper_shapes():
@@ -39,10 +41,16 @@ def test_bad_values_are_named(overrides, field):
 
 
 def test_unknown_names_suggest_close_matches():
-    with pytest.raises(ConfigError, match="'XL'"):
+    # the suggestion is the closest name first, not just the list of valid names (which holds them all)
+    with pytest.raises(ConfigError, match=r"unknown model preset 'XXL'.*\. Did you mean 'XL'"):
         ModelConfig.from_name("XXL")
-    with pytest.raises(ConfigError, match="n_layer"):
+    with pytest.raises(ConfigError, match=r"unknown model preset 'tny'.*\. Did you mean 'tiny'\?$"):
+        ModelConfig.from_name("tny")
+    with pytest.raises(ConfigError, match=r"unknown ModelConfig field 'n_layers'.*\. Did you mean 'n_layer'"):
         ModelConfig.from_name("tiny", n_layers=3)
+    with pytest.raises(ConfigError) as e:
+        ModelConfig.from_name("zzzzzz")
+    assert "Did you mean" not in str(e.value)  # nothing close: no guess
 
 
 def test_every_yaml_under_configs_loads():
@@ -56,3 +64,4 @@ def test_every_yaml_under_configs_loads():
         if p.parent.name == "model":
             cfg = ModelConfig.from_file(p)
             assert cfg.name == p.stem
+            assert (cfg.n_layer, cfg.d_model) == SHAPES[p.stem], p  # the preset's own sizes, not another's
