@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -96,7 +97,26 @@ def test_latent_class_to_image_trains_and_samples_decoded_images(vae_dir, tmp_pa
     assert PILImage.open(grid).size == (2 + 8 * 18, 18 + 2)  # 8 decoded 16x16 samples
     out = tmp_path / "g.png"
     ck = tmp_path / "run" / "checkpoints" / "step_0000002"
+    from unimodal.tasks import ClassToImage
+
+    seen = []
+    real = ClassToImage.generate_tokens
+    monkeypatch.setattr(ClassToImage, "generate_tokens", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
     assert main(["sample", "--checkpoint", str(ck), "--class-label", "3", "--num", "2", "--steps", "2",
                  "--out", str(out), "--grid-only"]) == 0
     img = PILImage.open(out)
     assert img.size == (2 + 2 * 18, 18 + 2) and img.mode == "RGB"
+    # the tiles are the sampled latents decoded by that VAE, here decoded directly with diffusers:
+    # tokens (2, 16, 4·2·2) -> latents (2, 4, 8, 8) -> z = latents / scaling_factor -> decoder -> [-1, 1] -> uint8
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(vae_dir)).eval()
+    (tokens,) = seen
+    lat = tokens.reshape(2, 4, 4, 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(2, 4, 8, 8)  # (c, p, p) per token
+    with torch.no_grad():
+        x = vae.decode(lat / vae.config.scaling_factor).sample.clamp(-1, 1)
+    want = ((x + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+    got = np.asarray(img).astype(np.float64)
+    for i in range(2):
+        tile = got[2:18, 2 + 18 * i : 18 + 18 * i]
+        assert np.abs(tile - want[i]).max() <= 1, i
