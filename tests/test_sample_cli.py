@@ -21,6 +21,7 @@ def class_ckpt(tmp_path):
 
 @pytest.fixture
 def text_ckpt(tmp_path):
+    torch.manual_seed(0)
     tok = TextTokenizer.train(["a red circle", "a blue square", "a green triangle"] * 20, vocab_size=300, out_dir=tmp_path / "tok")
     m = randomize_(create_model("tiny", token_dim=V.token_dim, vocab_size=tok.vocab_size), std=0.02)
     return save_checkpoint(tmp_path / "t2i", m, visual=V, tokenizer_dir=tmp_path / "tok")
@@ -97,12 +98,20 @@ def test_no_ema_samples_the_raw_weights(tmp_path):
     assert sample_grid(only_raw, tmp_path / "e.png", "--class-label", "1", "--no-ema") == no_ema  # no EMA file: raw
 
 
-def test_prompt_sampling_is_deterministic(text_ckpt, tmp_path):
-    a, b = tmp_path / "a.png", tmp_path / "b.png"
-    for p in (a, b):
-        assert main(["sample", "--checkpoint", str(text_ckpt), "--prompt", "a red circle", "--num", "2",
-                     "--steps", "2", "--out", str(p), "--grid-only"]) == 0
+def test_prompt_sampling_is_deterministic(text_ckpt, tmp_path, monkeypatch):
+    from unimodal.tasks import TextToImage
+
+    seen = []
+    real = TextToImage.generate_tokens
+    monkeypatch.setattr(TextToImage, "generate_tokens", lambda self, m, prompts, *a, **k: seen.append(list(prompts))
+                        or real(self, m, prompts, *a, **k))
+    a, b, c = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    for p, prompt in ((a, "a red circle"), (b, "a red circle"), (c, "a green triangle")):
+        assert main(["sample", "--checkpoint", str(text_ckpt), "--prompt", prompt, "--num", "2",
+                     "--steps", "2", "--cfg", "4", "--out", str(p), "--grid-only"]) == 0
     assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()  # the prompt conditions the images
+    assert seen == [["a red circle"] * 2, ["a red circle"] * 2, ["a green triangle"] * 2]
 
 
 @pytest.mark.parametrize(
@@ -171,10 +180,23 @@ def test_video_checkpoint_writes_frame_grid_and_clips(tmp_path):
 
 
 def test_latent_checkpoint_without_vae_is_refused(tmp_path, capsys):
-    m = create_model("tiny", token_dim=V.token_dim, vocab_size=0, num_classes=3)
-    ck = save_checkpoint(tmp_path / "lat", m, visual=V, extra={"requires_vae": True})
+    """A latent checkpoint with no VAE recorded needs --vae DIR; given one, the samples are decoded to RGB."""
+    from diffusers import AutoencoderKL
+
+    lat = VisualConfig(channels=4, image_size=16, patch_size=2, block_h=2, block_w=2, vae_downsample=2)
+    m = randomize_(create_model("tiny", token_dim=lat.token_dim, vocab_size=0, num_classes=3), std=0.02)
+    ck = save_checkpoint(tmp_path / "lat", m, visual=lat, extra={"requires_vae": True})
     assert main(["sample", "--checkpoint", str(ck), "--class-label", "1", "--out", str(tmp_path / "g.png")]) == 2
-    assert "--vae" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "generates VAE latents: pass --vae DIR" in err and not (tmp_path / "g.png").exists()
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                  latent_channels=4, norm_num_groups=8, sample_size=16).save_pretrained(tmp_path / "vae")
+    assert main(["sample", "--checkpoint", str(ck), "--class-label", "1", "--num", "2", "--steps", "2",
+                 "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "g.png"), "--grid-only"]) == 0
+    img = PILImage.open(tmp_path / "g.png")
+    assert img.mode == "RGB" and img.size == (2 + 2 * (16 + 2), 2 + 16 + 2)  # 8x8x4 latents decoded to 16x16 RGB
 
 
 def test_sampling_uses_the_checkpoints_noise_schedule(tmp_path, monkeypatch):
