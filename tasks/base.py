@@ -28,24 +28,22 @@ import torch
 
 from unimodal.atomic import atomic_path
 from unimodal.batch import Example
-from unimodal.config import VisualConfig, suggest
+from unimodal.config import VisualConfig
 from unimodal.errors import (
     ConfigError,
     RecordError,  # re-exported
     check_positive_int,
 )
 from unimodal.layout import Image, Layout, Text
+from unimodal.registry import Registry
 from unimodal.tokenizers.visual import patchify, unpatchify
 
-TASKS: dict[str, type["Task"]] = {}
+TASKS: Registry[type["Task"]] = Registry("task", ConfigError)
 
 
 def register_task(cls: type["Task"]) -> type["Task"]:
     """Class decorator: make a task available by its `name`."""
-    if cls.name in TASKS:
-        raise ValueError(f"task {cls.name!r} is registered twice")
-    TASKS[cls.name] = cls
-    return cls
+    return TASKS.add(cls.name, cls)
 
 
 def list_tasks() -> list[str]:
@@ -53,9 +51,8 @@ def list_tasks() -> list[str]:
 
 
 def get_task_class(name: str) -> type["Task"]:
-    if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; valid tasks: {list_tasks()}.{suggest(name, list_tasks())}")
-    return TASKS[name]
+    """The task class registered as `name`; an unknown name lists the valid ones and close matches."""
+    return TASKS.get(name)
 
 
 
@@ -269,3 +266,68 @@ __all__ = [
     "Task", "TASKS", "register_task", "list_tasks", "get_task_class", "ImageBank", "RecordError",
     "build_image_bank", "images_to_tokens", "tokens_to_images", "make_example", "Text",
 ]
+
+
+class PreparedTokens:
+    """`ImageBank.tokens` of prepared shards (`unimodal.data.prepare`): each row read when indexed.
+
+    Indexing gives the tokens `build_image_bank` would hold: pixels scaled to [-1, 1] and
+    patchified, or the VAE posterior's scaled, patchified latents. With ``posterior="sample"``
+    (and ``flip``), a draw inside a task mixture samples the posterior (and picks the flipped
+    copy with probability 1/2) from a generator seeded by `key`, which the mixture sets to
+    (seed, step, rank, example) before each draw, so a resumed run draws the same noise.
+    With `key` None (progress samples, eval) the mean of the unflipped image is returned.
+    """
+
+    def __init__(self, data: Any, visual: VisualConfig, posterior: str = "mean", flip: bool = False):
+        if posterior not in ("mean", "sample"):
+            raise ConfigError(f"prepared posterior must be 'mean' or 'sample', got {posterior!r}")
+        if flip and data.encoding != "pixels" and not data.manifest.get("flip"):
+            raise ConfigError(f"prepared data {data.path} holds no flipped copies: prepare it with --flip, or set flip: false")
+        self.data, self.visual, self.posterior, self.flip = data, visual, posterior, flip
+        self.key: tuple[int, ...] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.data), self.visual.grid**2, self.visual.token_dim)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def row(self, index: int, key: tuple[int, ...] | None = None) -> torch.Tensor:
+        """(T, token_dim) tokens of record `index` (drawn with `key`, see the class docstring)."""
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0])) if key else None
+        flipped = bool(self.flip and g is not None and torch.rand((), generator=g) < 0.5)
+        if self.data.encoding == "pixels":
+            x = torch.from_numpy(self.data.visual_row(index).copy()).float().div_(127.5).sub_(1.0)
+            x = x.flip(-1) if flipped else x
+        else:
+            m = torch.from_numpy(self.data.visual_row(index, "flip_moments" if flipped else "moments").astype(np.float32))
+            mean, logvar = m.chunk(2, dim=0)
+            z = mean
+            if self.posterior == "sample" and g is not None:
+                z = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * torch.randn(mean.shape, generator=g)
+            vae = self.data.vae
+            x = (z - vae["shift_factor"]) * vae["scaling_factor"]
+        return patchify(x[None], self.visual.patch_size)[0]
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        if isinstance(index, (int, np.integer)):
+            return self.row(int(index), self.key)
+        if isinstance(index, slice):
+            index = range(*index.indices(len(self)))
+        if isinstance(index, torch.Tensor):
+            index = index.tolist()
+        return torch.stack([self.row(int(i)) for i in index])
+
+
+def prepared_bank(path: str, visual: VisualConfig, name: str = "", verify: bool = True, posterior: str = "sample",
+                  flip: bool = False) -> ImageBank:
+    """An `ImageBank` over prepared shards: tokens and columns read by index, so memory stays flat."""
+    from unimodal.data.prepare import PreparedData
+
+    data = PreparedData(path, visual, verify=verify)
+    bank = ImageBank(PreparedTokens(data, visual, posterior, flip), bank_columns({c: data.column(c) for c in data.columns}),  # type: ignore[arg-type]
+                     name or f"prepared:{path}")
+    bank.validated = True  # type: ignore[attr-defined]  # prepare kept only good records
+    return bank

@@ -12,7 +12,7 @@ def test_data_list_info_and_unknown_name(capsys):
     card = capsys.readouterr().out
     assert "digits" in card and ("1,797" in card or "1797" in card)
     assert main(["data", "info", "easyvq"]) == 2
-    assert "did you mean 'easyvqa'" in capsys.readouterr().err
+    assert "Did you mean 'easyvqa'" in capsys.readouterr().err
 
 
 def test_tokenizer_train_from_dataset_and_file(tmp_path):

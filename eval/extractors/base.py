@@ -10,15 +10,18 @@ has classifier heads, {head: (N, K) logits}. Kinds:
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unimodal.registry import Registry
+
 from ..errors import EvalError
 
-EXTRACTORS = ("domain", "inception")
+# kind -> builder(options, dataset=, image_size=, channels=)
+EXTRACTORS: Registry[Callable[..., "FeatureExtractor"]] = Registry("feature extractor", EvalError)
 
 
 class FeatureExtractor(Protocol):
@@ -41,12 +44,18 @@ def fit_images(images: torch.Tensor, channels: int, size: int | None) -> torch.T
 
 def build_extractor(kind: str, options: dict[str, Any], *, dataset: str, image_size: int, channels: int) -> FeatureExtractor:
     """The extractor `kind` for images of `dataset` in the checkpoint's image space (size, channels)."""
-    if kind == "domain":
-        from .domain_cnn import DomainCNNConfig, load_domain_cnn
+    return EXTRACTORS.get(kind)(options, dataset=dataset, image_size=image_size, channels=channels)
 
-        return load_domain_cnn(DomainCNNConfig.from_dict({"dataset": dataset, "image_size": image_size, "channels": channels, **options}))
-    if kind == "inception":
-        from .inception import InceptionExtractor
 
-        return InceptionExtractor(**options)
-    raise EvalError(f"unknown feature extractor {kind!r}; valid: {list(EXTRACTORS)}")
+@EXTRACTORS.register("domain")
+def _domain(options: dict[str, Any], *, dataset: str, image_size: int, channels: int) -> FeatureExtractor:
+    from .domain_cnn import DomainCNNConfig, load_domain_cnn
+
+    return load_domain_cnn(DomainCNNConfig.from_dict({"dataset": dataset, "image_size": image_size, "channels": channels, **options}))
+
+
+@EXTRACTORS.register("inception")
+def _inception(options: dict[str, Any], *, dataset: str, image_size: int, channels: int) -> FeatureExtractor:
+    from .inception import InceptionExtractor
+
+    return InceptionExtractor(**options)

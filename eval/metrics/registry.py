@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from unimodal.errors import suggest
+from unimodal.registry import Registry
 
 from ..errors import EvalError
 
@@ -48,7 +48,7 @@ class Metric:
         return (self.fn.__doc__ or "").strip().splitlines()[0] if self.fn.__doc__ else ""
 
 
-METRICS: dict[str, Metric] = {}
+METRICS: Registry[Metric] = Registry("metric", EvalError)
 
 
 def register_metric(
@@ -68,9 +68,7 @@ def register_metric(
         raise ValueError(f"inputs {inputs!r} must be one of {INPUTS}")
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in METRICS:
-            raise ValueError(f"metric {name!r} is registered twice")
-        METRICS[name] = Metric(name, fn, aggregation, higher_is_better, inputs, dict(options or {}))
+        METRICS.add(name, Metric(name, fn, aggregation, higher_is_better, inputs, dict(options or {})))
         return fn
 
     return deco
@@ -82,9 +80,7 @@ def list_metrics(inputs: Inputs | None = None) -> list[str]:
 
 def get_metric(name: str) -> Metric:
     """The registered metric `name`; an unknown name lists the close matches."""
-    if name not in METRICS:
-        raise EvalError(f"unknown metric {name!r}; valid metrics: {list_metrics()}.{suggest(name, list_metrics())}")
-    return METRICS[name]
+    return METRICS.get(name)
 
 
 def check_metric_options(metric: Metric, options: Any, where: str = "") -> dict[str, Any]:

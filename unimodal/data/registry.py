@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import difflib
 import hashlib
 import inspect
 import json
@@ -34,6 +33,7 @@ from datasets.exceptions import DatasetGenerationError
 
 from ..atomic import atomic_directory, remove_orphans
 from ..errors import ConfigError, DataError, UnknownNameError
+from ..registry import Registry
 
 CACHE_ENV = "UNIMODAL_CACHE"
 
@@ -79,7 +79,7 @@ class UnknownDatasetError(UnknownNameError):
     """An unregistered dataset name; the message lists the close matches."""
 
 
-_REGISTRY: dict[str, DatasetSource] = {}
+_REGISTRY: Registry[DatasetSource] = Registry("dataset", UnknownDatasetError)
 S = TypeVar("S", bound=type[DatasetSource])
 
 
@@ -87,7 +87,7 @@ def register_dataset(cls: S) -> S:
     """Class decorator adding a `DatasetSource` to the registry under `cls.name`."""
     if cls.name in _REGISTRY:
         raise ValueError(f"dataset {cls.name!r} is already registered by {type(_REGISTRY[cls.name]).__name__}")
-    _REGISTRY[cls.name] = cls()
+    _REGISTRY.add(cls.name, cls())
     return cls
 
 
@@ -98,12 +98,7 @@ def list_datasets() -> list[str]:
 
 def get_source(name: str) -> DatasetSource:
     """The registered source of `name`; unknown names list the close matches."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise UnknownDatasetError(f"unknown dataset {name!r}{hint} Available: {', '.join(list_datasets())}") from None
+    return _REGISTRY.get(name)
 
 
 def dataset_card(name: str) -> str:

@@ -25,7 +25,6 @@ steps at high noise. CFG applies to the velocity like to ε or v.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any, Callable
 
@@ -41,7 +40,7 @@ from diffusers import (
 
 from unimodal.diffusion.schedule import NoiseSchedule, ScheduleConfig
 
-from ..errors import ConfigError, check_float
+from ..errors import ConfigError, check_float, suggest
 
 # name -> (diffusers class, constructor defaults). clip_sample is off: latents are not confined to [-1, 1].
 _SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
@@ -240,9 +239,7 @@ def create_sampler(name: str, steps: int, schedule: ScheduleConfig | None = None
     """
     key = _ALIASES.get(name, name)
     if key not in _SAMPLERS and key not in FLOW_SAMPLERS:
-        close = difflib.get_close_matches(name, list_samplers(), n=3, cutoff=0.4)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(f"unknown sampler {name!r}; valid samplers: {list_samplers()}.{hint}")
+        raise ConfigError(f"unknown sampler {name!r}; valid samplers: {list_samplers()}.{suggest(name, list_samplers())}")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
         raise ConfigError(f"steps={steps!r} is invalid: must be a positive integer")
     schedule = schedule or ScheduleConfig()
@@ -265,9 +262,7 @@ def create_sampler(name: str, steps: int, schedule: ScheduleConfig | None = None
             init_kwargs[k] = v
         else:
             options = [*step_kwargs, *valid]
-            close = difflib.get_close_matches(k, options, n=3)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(f"unknown option {k!r} for sampler {key!r}; valid options: {options}.{hint}")
+            raise ConfigError(f"unknown option {k!r} for sampler {key!r}; valid options: {options}.{suggest(k, options)}")
     scheduler = cls(**schedule_kwargs, **init_kwargs)
     return (_EulerSampler if key == "euler" else Sampler)(key, scheduler, steps, step_kwargs)
 
