@@ -9,7 +9,7 @@ from unimodal.masks import dense_mask, scam_mask_mod, skip_causal_mask
 
 
 def rule_by_hand(unit, noisy, doc, q, k):
-    """DESIGN.md §2 written out independently as branches."""
+    """docs/architecture.md "SCAM" written out independently as branches."""
     if doc[q] != doc[k]:
         return False
     if not noisy[q]:

@@ -1,4 +1,4 @@
-"""An independent minimal reference of the released ACDiT, written from reference/acdit-official.md.
+"""An independent minimal reference of the released ACDiT, written from the facts of the official release (docs/architecture.md, "Converting a released checkpoint").
 
 It shares no code with unimodal: its own modules (with the release's state-dict
 layout), its own RoPE-ND (linspace inv_freq, per-axis [a, a] tables, rotate_half

@@ -1,6 +1,6 @@
 """`unimodal convert acdit`: a released-format checkpoint of an independent reference converts exactly.
 
-The reference (release_reference.py) is built from reference/acdit-official.md
+The reference (release_reference.py) is built from the official release's facts (docs/architecture.md, "Converting a released checkpoint")
 alone. Its ε on the 2·N·B training sequence and its cached DPM-Solver++ samples
 (CFG 1.5) must equal unimodal's on the converted checkpoint, compared in latent
 space so that the two token layouts are checked too.
