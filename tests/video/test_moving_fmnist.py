@@ -52,6 +52,30 @@ def test_items_are_real_fashion_mnist_and_stay_whole(small) -> None:
         # max-combined and never clipped by the canvas: at least the brighter item, at most both
         assert (per_frame >= max(sums)).all() and (per_frame <= sum(sums)).all()
         assert vid.max() == max(it.max() for it in items)
+    # exactly: every frame is the pixel-wise max of its two items pasted whole at some corners, which move
+    # at most 0.1 of the free range (18) a frame; found by brute force over all 19x19 corners
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    for rec, vid in list(zip(small, v))[:6]:
+        items = [np.asarray(Image.fromarray(images[i]).resize((14, 14), Image.BILINEAR)).astype(np.int64)
+                 for i in rec["source_index"]]
+        prev = None
+        for frame in vid:
+            wins = sliding_window_view(frame, (14, 14))  # (19, 19, 14, 14)
+            cands = [list(zip(*np.nonzero((wins >= it).all(axis=(2, 3))))) for it in items]
+            fits = []
+            for a in cands[0]:
+                for b in cands[1]:
+                    canvas = np.zeros_like(frame)
+                    for it, (r, c) in zip(items, (a, b)):
+                        canvas[r : r + 14, c : c + 14] = np.maximum(canvas[r : r + 14, c : c + 14], it)
+                    if np.array_equal(canvas, frame):
+                        fits.append((a, b))
+            assert fits, rec["source_index"]
+            if prev is not None:
+                assert any(max(abs(int(x) - int(y)) for p, q in zip(f, g) for x, y in zip(p, q)) <= 2 * 1.8 + 1
+                           for f in fits for g in prev)
+            prev = fits
 
 
 def test_deterministic_and_seeded(cache: Path, small) -> None:
@@ -59,6 +83,8 @@ def test_deterministic_and_seeded(cache: Path, small) -> None:
     np.testing.assert_array_equal(videos(again), videos(small))
     other = load_dataset("moving_fmnist", "test", cache=False, seed=1, **SMALL)
     assert not np.array_equal(videos(other), videos(small))
+    assert other["source_index"] != small["source_index"]  # the seed picks other items, not only other paths
+    assert again["source_index"] == small["source_index"] and again["labels"] == small["labels"]
     train = load_dataset("moving_fmnist", "train", cache=False, **SMALL)
     assert not np.array_equal(videos(train), videos(small))
 
