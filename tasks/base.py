@@ -138,22 +138,35 @@ def _latent_cache_file(dataset: Any, visual: VisualConfig) -> Path | None:
     return cache_root() / "latents" / f"{h.hexdigest()[:20]}.safetensors"
 
 
+COLUMN_ALIASES = {"caption": "text"}  # the `records` source names its captions `text`
+
+
+def bank_columns(columns: dict[str, Any]) -> dict[str, Any]:
+    """A dataset's columns as the heads read them: `caption` is also found under `text` (the `records` source)."""
+    for column, alias in COLUMN_ALIASES.items():
+        if column not in columns and alias in columns:
+            columns[column] = columns[alias]
+    return columns
+
+
 def build_image_bank(dataset: Any, visual: VisualConfig, name: str = "", batch: int = 512, vae_batch: int = 64) -> ImageBank:
     """Tokenise every image of a `datasets.Dataset` (column `image`).
 
-    Pixel path: images are converted to `visual.channels` channels and resized (or
-    zero-padded when smaller, e.g. Fashion-MNIST 28 → 32) to `visual.image_size`.
+    Pixel path: images are converted to `visual.channels` channels and to
+    `visual.image_size` by `unimodal.data.transforms.fit_image` (kept, zero-padded when a
+    smaller square, e.g. Fashion-MNIST 28 → 32, else resized on the shorter side and
+    centre-cropped).
     Latent path (`visual.vae_dir`): RGB images at `visual.image_size` are encoded by
     the local AutoencoderKL (posterior mean, scaled) and the latents patchified. A
     dataset is encoded once: its latent tokens are cached under
     `<cache>/latents/` (keyed by the dataset's fingerprint, the VAE's files and the
     visual config) and written by atomic rename.
     """
-    from unimodal.data.transforms import to_tensor_images
+    from unimodal.data.transforms import fit_image, to_tensor_images
 
     if "image" not in dataset.column_names:
         raise RecordError(f"dataset {name!r} has no 'image' column; columns: {dataset.column_names}")
-    cols = {c: dataset[c] for c in dataset.column_names if c != "image"}
+    cols = bank_columns({c: dataset[c] for c in dataset.column_names if c != "image"})
     vae = bank_vae(visual) if visual.vae_dir else None
     cache = _latent_cache_file(dataset, visual) if vae is not None else None
     if cache is not None and cache.is_file():
@@ -162,12 +175,9 @@ def build_image_bank(dataset: Any, visual: VisualConfig, name: str = "", batch: 
         return ImageBank(load_file(cache)["tokens"], cols, name)
     out = []
     for start in range(0, len(dataset), batch):
-        imgs = dataset[start : start + batch]["image"]
-        w = imgs[0].size[0]
-        s = visual.image_size
-        pad = s if w < s else None
-        size = None if w == s or pad else s
-        x = to_tensor_images(imgs, size=size, channels=3 if vae is not None else visual.channels, pad_to=pad)
+        channels = 3 if vae is not None else visual.channels
+        imgs = [fit_image(im, visual.image_size, channels) for im in dataset[start : start + batch]["image"]]
+        x = to_tensor_images(imgs, channels=channels)
         if vae is not None:
             x = torch.cat([vae.encode(x[i : i + vae_batch]).float().cpu() for i in range(0, len(x), vae_batch)])
         out.append(images_to_tokens(x, visual))

@@ -28,7 +28,9 @@ class TaskSpec:
     split: str = "train"
     drop_prob: float = 0.1  # condition dropout for guidance (label / prompt)
     max_text_tokens: int = 256  # longer record texts are truncated (and counted)
-    options: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset
+    options: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset (dataset "prepared": see load_bank)
+    order: str | None = None  # "random" (uniform draws) or "epoch" (each epoch a seeded permutation); default:
+    # epoch for prepared shards, random otherwise
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TaskSpec":
@@ -43,7 +45,54 @@ class TaskSpec:
                 raise ConfigError(f"a task entry needs {k!r}: got {d}")
         check_float(f"task {d['name']!r}: weight", d.get("weight", 1.0), low=0.0, low_open=True)
         check_float(f"task {d['name']!r}: drop_prob", d.get("drop_prob", 0.1), low=0.0, high=0.999999)
+        if d.get("order") not in (None, "random", "epoch"):
+            raise ConfigError(f"task {d['name']!r}: order must be 'random' or 'epoch', got {d['order']!r}")
         return cls(**d)
+
+
+# The columns each head reads (any one alternative suffices): the reason a bank trains no record.
+TASK_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "class_to_image": (("label",),),
+    "class_to_video": (("label",),),
+    "text_to_image": (("caption",),),
+    "captioning": (("caption",),),
+    "vqa": (("question", "answer"), ("questions", "answers")),
+    "conversation": (("conversation",),),
+}
+
+
+def _why_no_record(task: Task, bank: ImageBank) -> str:
+    needs = TASK_COLUMNS.get(task.name)
+    have = sorted(bank.columns)
+    if needs and not any(all(c in bank.columns for c in alt) for alt in needs):
+        wanted = " or ".join("+".join(alt) for alt in needs)
+        return (f"it reads the column(s) {wanted} but {bank.name!r} has {have}; name the source field with the dataset's "
+                f"options (dataset files: columns: {{{needs[0][0]}: FIELD}})")
+    return f"every record's {' / '.join('+'.join(a) for a in needs or ())} is empty (columns: {have})"
+
+
+def permuted_index(position: int, n: int, seed: int, epoch: int) -> int:
+    """Position -> record of a seeded permutation of range(n), in O(1) memory (a Feistel network, cycle-walked).
+
+    The same (seed, epoch) always gives the same bijection, so an epoch visits every record once.
+    """
+    if n <= 1:
+        return 0
+    bits = max(2, (n - 1).bit_length())
+    bits += bits % 2
+    half, mask = bits // 2, (1 << (bits // 2)) - 1
+    keys = np.random.SeedSequence([seed, epoch, n]).generate_state(4, np.uint64).tolist()
+    x = position
+    while True:
+        left, right = x >> half, x & mask
+        for k in keys:
+            f = ((right * 0x9E3779B97F4A7C15 + k) & 0xFFFFFFFFFFFFFFFF)
+            f ^= f >> 29
+            f = (f * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+            left, right = right, left ^ ((f >> 17) & mask)
+        x = (left << half) | right
+        if x < n:
+            return x
 
 
 class TaskMixture:
@@ -76,18 +125,38 @@ class TaskMixture:
         self.bad_records: set[tuple[str, int]] = set()
         w = np.array([e[1] for e in entries], dtype=np.float64)
         self.probs = w / w.sum()
-        self.indices = []
+        self.indices: list[Any] = []
+        self.orders: list[str] = ["random"] * len(entries)
         for task, _, bank in entries:
+            needs = TASK_COLUMNS.get(task.name)
+            if getattr(bank, "validated", False) and (not needs or any(all(c in bank.columns for c in a) for a in needs)):
+                self.indices.append(None)  # prepared shards: every record was checked once; None = all, no O(N) list
+                continue
             idx = np.array([i for i in range(len(bank)) if task.accepts(bank, i)], dtype=np.int64)
             if len(idx) == 0:
-                raise ConfigError(f"task {task.name!r}: no record of {bank.name!r} can train it")
+                raise ConfigError(f"task {task.name!r}: no record of {bank.name!r} can train it: {_why_no_record(task, bank)}")
             self.indices.append(idx)
 
     @property
     def tasks(self) -> list[Task]:
         return [e[0] for e in self.entries]
 
-    def examples(self, step: int, rank: int, batch_size: int) -> list:
+    def _record(self, k: int, rng: np.random.Generator, position: int | None) -> int:
+        """Record of entry k: by a seeded per-epoch permutation of the global sample position, or uniform."""
+        idx = self.indices[k]
+        n = len(self.entries[k][2]) if idx is None else len(idx)
+        if self.orders[k] == "epoch" and position is not None:
+            epoch, pos = divmod(position, n)
+            j = permuted_index(pos, n, self.seed + 7919 * k, epoch)
+            return j if idx is None else int(idx[j])
+        return int(rng.integers(n)) if idx is None else int(rng.choice(idx))  # rng.choice: the draws of older runs
+
+    def examples(self, step: int, rank: int, batch_size: int, world_size: int | None = None) -> list:
+        """The examples of (step, rank): each one's record follows its task's order (see `TaskSpec.order`).
+
+        With `world_size`, example j's global sample position is ``(step·world_size + rank)·batch_size + j``:
+        it names the record under ``order: epoch``, whatever the number of processes.
+        """
         rng = np.random.default_rng([self.seed, step, rank])
         out: list = []
         attempts = 0
@@ -97,7 +166,12 @@ class TaskMixture:
                 raise RecordError(f"gave up after {attempts} draws: {len(self.bad_records)} bad records skipped")
             k = int(rng.choice(len(self.entries), p=self.probs))
             task, _, bank = self.entries[k]
-            index = int(rng.choice(self.indices[k]))
+            position = None
+            if world_size is not None and attempts <= batch_size:  # a retry after a bad record draws at random
+                position = (step * world_size + rank) * batch_size + len(out)
+            index = self._record(k, rng, position)
+            if hasattr(bank.tokens, "key"):
+                bank.tokens.key = (self.seed, step, rank, len(out))
             try:
                 out.append(task.example(bank, index, rng))
             except RecordError:
@@ -108,7 +182,7 @@ class TaskMixture:
 
     def batch(self, step: int, rank: int, world_size: int, batch_size: int) -> SequenceBatch:
         """The batch of one rank at one step (rank's own random stream; world_size kept for the protocol)."""
-        examples = self.examples(step, rank, batch_size)
+        examples = self.examples(step, rank, batch_size, world_size)
         if self.pack_tokens is None:
             return collate(examples, self.token_dim)
         rows: list[list] = []
@@ -127,9 +201,28 @@ class TaskMixture:
         return collate(rows, self.token_dim, seq_len=self.pack_tokens)
 
 
+PREPARED_OPTIONS = ("path", "verify", "posterior", "flip")
+
+
 def load_bank(dataset: str, split: str, visual: VisualConfig, options: dict[str, Any] | None = None) -> ImageBank:
+    """The image bank of a dataset split; ``dataset: prepared`` reads shards of `unimodal data prepare`.
+
+    Prepared options: path (the prepared directory), verify (check every shard's SHA-256; default
+    true), posterior ("sample", the default, or "mean" for VAE moments), flip (use the stored
+    flipped copies half the time; default false).
+    """
     from unimodal.data import load_dataset
 
+    if dataset == "prepared":
+        opts = dict(options or {})
+        unknown = sorted(set(opts) - set(PREPARED_OPTIONS))
+        if unknown or "path" not in opts:
+            raise ConfigError(f"dataset prepared: options {sorted(opts)} are invalid; it takes path (required), "
+                              f"verify, posterior, flip")
+        from .base import prepared_bank
+
+        return prepared_bank(str(opts["path"]), visual, name=f"prepared:{opts['path']}", verify=bool(opts.get("verify", True)),
+                             posterior=str(opts.get("posterior", "sample")), flip=bool(opts.get("flip", False)))
     ds = load_dataset(dataset, split, **(options or {}))
     if visual.frames > 1:
         from .video import build_video_bank
@@ -144,6 +237,7 @@ def build_mixture(
     """Instantiate tasks and tokenise each (dataset, split) once."""
     banks: dict[tuple[str, str, str], ImageBank] = {}
     entries = []
+    orders: list[str] = []
     for s in specs:
         s = s if isinstance(s, TaskSpec) else TaskSpec.from_dict(s)
         key = (s.dataset, s.split, repr(sorted(s.options.items())))
@@ -151,7 +245,10 @@ def build_mixture(
             banks[key] = load_bank(s.dataset, s.split, visual, s.options)
         task = get_task_class(s.name)(visual, tokenizer, drop_prob=s.drop_prob, max_text_tokens=s.max_text_tokens)
         entries.append((task, s.weight, banks[key]))
-    return TaskMixture(entries, visual.token_dim, seed)
+        orders.append(s.order or ("epoch" if s.dataset == "prepared" else "random"))
+    mix = TaskMixture(entries, visual.token_dim, seed)
+    mix.orders = orders
+    return mix
 
 
 def build_batch_source(train_cfg: Any, model_cfg: Any, visual_cfg: VisualConfig, tokenizer: Any) -> TaskMixture:
@@ -195,5 +292,32 @@ def build_tokenizer(train_cfg: Any) -> Any:
     texts: list[str] = []
     for src in sources:
         name, _, split = src.partition(":")
-        texts.extend(dataset_texts(load_dataset(name, split or "train")))
+        split = split or "train"
+        # the options of the task that reads this dataset (and split, if one does): path, columns, splits, ...
+        spec = next((s for s in specs if s.dataset == name and s.split == split), None) or next(
+            (s for s in specs if s.dataset == name), None)
+        options = dict(spec.options) if spec is not None else {}
+        if name == "prepared":
+            texts.extend(_prepared_texts(options))
+            continue
+        texts.extend(dataset_texts(load_dataset(name, split, **options)))
     return TextTokenizer.train(texts, vocab_size=vocab)
+
+
+def _prepared_texts(options: dict[str, Any]) -> list[str]:
+    """The text columns of prepared shards (captions, questions, answers, conversation turns)."""
+    from unimodal.data.prepare import PreparedData
+
+    data = PreparedData(options["path"], verify=False)
+    texts: list[str] = []
+    for k in range(len(data.manifest["shards"])):
+        table = data.table(k)
+        for col in data.columns:
+            if col.endswith("_ids"):
+                continue
+            for v in table.column(col).to_pylist():
+                if isinstance(v, str):
+                    texts.append(v)
+                elif isinstance(v, list):
+                    texts += [t if isinstance(t, str) else t.get("text", "") for t in v if t]
+    return texts

@@ -1,4 +1,4 @@
-"""`unimodal data list|info NAME` and `unimodal tokenizer train`."""
+"""`unimodal data list|info NAME`, `unimodal data prepare --source SPEC --out DIR` and `unimodal tokenizer train`."""
 
 from __future__ import annotations
 
@@ -13,11 +13,30 @@ from .errors import ConfigError, MissingFileError
 def _cmd_data(args: argparse.Namespace) -> int:
     from .data import dataset_card, list_datasets
 
+    if args.action == "prepare":
+        return _cmd_prepare(args)
     if args.action == "list" or args.name is None:
         for name in list_datasets():
             print(name)
         return 0
     print(dataset_card(args.name))
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepare import PreparedData, prepare
+
+    if not args.source or not args.out:
+        raise ConfigError("data prepare needs --source SPEC (a YAML file: dataset, split, options, visual) and --out DIR")
+    manifest = prepare(args.source, args.out, vae_dir=args.vae, shard_size=args.shard_size, num_proc=args.num_proc,
+                       flip=args.flip, dtype=args.dtype, tokenizer=args.tokenizer, progress=True)
+    if manifest.name == "manifest.json":
+        data = PreparedData(args.out, verify=False)
+        m = data.manifest
+        print(f"prepared {m['records']} records ({m['skipped']} bad skipped) into {len(m['shards'])} shard(s) "
+              f"of {m['encoding']} under {args.out}")
+    else:
+        print(f"worker done; the last worker writes {Path(args.out) / 'manifest.json'}")
     return 0
 
 
@@ -47,9 +66,18 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("data", help="built-in and local datasets: list, dataset cards")
-    d.add_argument("action", choices=["list", "info"], help="list the datasets, or print one's card")
+    d = sub.add_parser("data", help="built-in and local datasets: list, dataset cards, prepare shards")
+    d.add_argument("action", choices=["list", "info", "prepare"],
+                   help="list the datasets, print one's card, or encode a source once into prepared shards")
     d.add_argument("name", nargs="?", default=None, help="dataset name for `info`")
+    d.add_argument("--source", help="prepare: YAML file {dataset (default files), split, options, visual}")
+    d.add_argument("--out", help="prepare: output directory (a killed prepare resumes into the same one)")
+    d.add_argument("--vae", default=None, help="prepare: local AutoencoderKL directory (default: visual.vae_dir; none: pixels)")
+    d.add_argument("--shard-size", type=positive_int, default=1024, help="prepare: records per shard (default 1024)")
+    d.add_argument("--num-proc", type=positive_int, default=1, help="prepare: local worker processes (default 1)")
+    d.add_argument("--flip", action="store_true", help="prepare: also store the moments of h-flipped images")
+    d.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="prepare: moments dtype")
+    d.add_argument("--tokenizer", default=None, help="prepare: a saved tokenizer: text columns also get token ids")
     d.set_defaults(func=_cmd_data)
     t = sub.add_parser("tokenizer", help="train the SentencePiece text tokenizer")
     t.add_argument("action", choices=["train"])

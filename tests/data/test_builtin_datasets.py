@@ -37,7 +37,7 @@ def easyvqa_test(cache: Path):
 
 
 def test_registry_names_and_errors(cache: Path) -> None:
-    assert list_datasets() == ["coco_karpathy", "digits", "easyvqa", "fashion_mnist", "gqa", "imagefolder", "moving_fmnist", "pope", "records", "textvqa", "vqav2"]
+    assert list_datasets() == ["coco_karpathy", "digits", "easyvqa", "fashion_mnist", "files", "gqa", "imagefolder", "moving_fmnist", "pope", "records", "textvqa", "vqav2"]
     with pytest.raises(UnknownDatasetError, match=r"unknown dataset 'easy_vqa'; valid: .*Did you mean 'easyvqa'"):
         load_dataset("easy_vqa", "train")
     with pytest.raises(UnknownDatasetError, match="'fashion_mnist'"):

@@ -14,6 +14,7 @@ from unimodal.data import (  # noqa: F401  (register the sources)
     fashion_mnist,
     local,
     moving_fmnist,  # noqa: F401  (registers moving_fmnist)
+    sources,  # files: JSONL/JSON/CSV/parquet/webdataset/image folders, mapped to the heads' columns
 )
 from unimodal.data.local import RecordError
 from unimodal.data.registry import (

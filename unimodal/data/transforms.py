@@ -63,6 +63,37 @@ def to_tensor_images(
     return torch.from_numpy(batch).float().div_(127.5).sub_(1.0)
 
 
+def fit_image(im: Image.Image, size: int, channels: int = 3) -> Image.Image:
+    """The one conversion of an image of any size and mode to a `size` x `size` model input.
+
+    1. Mode: converted to RGB (``channels=3``) or 8-bit gray (``channels=1``) by PIL; an image with
+       an alpha channel (RGBA, LA, P with transparency) is first composited over black.
+    2. Size: an image that is already `size` x `size` is kept; a square image smaller than that is
+       zero-padded to it, centred (Fashion-MNIST 28 -> 32); any other image is resized with bicubic
+       filtering so its shorter side is `size`, then centre-cropped to `size` x `size` (the aspect
+       ratio is kept, the longer side loses its edges).
+    """
+    if channels not in _MODES:
+        raise DataError(f"channels must be one of {sorted(_MODES)}, got {channels}")
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        back = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(back, rgba)
+    im = im.convert(_MODES[channels])
+    w, h = im.size
+    if (w, h) == (size, size):
+        return im
+    if w == h and w < size:
+        canvas = Image.new(im.mode, (size, size), 0)
+        canvas.paste(im, ((size - w) // 2, (size - h) // 2))
+        return canvas
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
 def to_pil_images(images: torch.Tensor) -> list[Image.Image]:
     """Inverse of `to_tensor_images` (without the resize/pad): (B, C, H, W) in [-1, 1] -> PIL images.
 
@@ -86,3 +117,6 @@ def dataset_texts(ds: Any) -> Iterator[str]:
         elif isinstance(first, list) and (not first or isinstance(first[0], str)):
             for row in values:
                 yield from (v for v in row if v)
+        elif isinstance(first, list) and isinstance(first[0], dict):  # conversation turns: {role, text}
+            for row in values:
+                yield from (t["text"] for t in row if t.get("text"))
