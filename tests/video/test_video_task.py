@@ -97,9 +97,17 @@ def banks(tmp_path_factory):
 
 
 def test_video_bank_and_examples(banks) -> None:
+    from unimodal.data import load_dataset
+
     train, _ = banks
     assert train.tokens.shape == (96, 8 * 16, 64)
     assert train.tokens.min() >= -1 and train.tokens.max() <= 1
+    # the tokens are the videos, by hand: uint8 -> [-1, 1], 8x8 patches, frame-major then raster order
+    ds = load_dataset("moving_fmnist", "train", cache=False, num_sequences=4, **DATA)
+    v = torch.tensor(np.asarray(ds.with_format("numpy")[:]["video"], dtype=np.float32)) / 127.5 - 1  # (4, 8, 32, 32)
+    want = v.reshape(4, 8, 4, 8, 4, 8).permute(0, 1, 2, 4, 3, 5).reshape(4, 8 * 16, 64)
+    torch.testing.assert_close(train.tokens[:4].float(), want, rtol=0, atol=1e-6)
+    assert train.columns["label"][:4] == ds["label"]
     task = get_task_class("class_to_video")(VISUAL, None, drop_prob=0.5)
     rng = np.random.default_rng(0)
     exs = [task.example(train, 0, rng) for _ in range(40)]
