@@ -7,6 +7,7 @@ A checkpoint directory holds::
     config.yaml         resolved configs: model, visual, schedule, plus `extra` (tasks, training)
     meta.json           step, versions, free-form metadata
     tokenizer/          the text tokenizer (optional)
+    adapter.safetensors LoRA adapter tensors (only with `lora` in config.yaml; ema_adapter.safetensors for the EMA)
 
 Writing goes to a temporary sibling directory that is renamed into place, so a
 crash never leaves a half-written checkpoint. Loading never unpickles anything.
@@ -32,6 +33,7 @@ from .errors import CheckpointError, check_path  # re-exported
 MODEL_FILE, EMA_FILE, CONFIG_FILE, META_FILE, TOKENIZER_DIR = (
     "model.safetensors", "ema.safetensors", "config.yaml", "meta.json", "tokenizer",
 )
+ADAPTER_FILE, EMA_ADAPTER_FILE = "adapter.safetensors", "ema_adapter.safetensors"
 
 
 
@@ -58,9 +60,17 @@ def save_checkpoint(
     tokenizer_dir: str | Path | None = None,
     extra: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
+    lora: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically; returns its path."""
+    """Write a checkpoint directory atomically; returns its path.
+
+    A model with LoRA adapters (`unimodal.llm_init.finetune`) is written as plain base
+    weights in model.safetensors plus adapter.safetensors, with `lora` (the resolved
+    `LoraSpec` as a mapping) recorded in config.yaml so `load_checkpoint` can rebuild it.
+    """
     from safetensors.torch import save_file
+
+    from .llm_init.finetune import split_adapter_state
 
     cfg: ModelConfig = model.cfg  # type: ignore[attr-defined]
     config = {
@@ -70,11 +80,21 @@ def save_checkpoint(
         **(extra or {}),
     }
     meta = {"unimodal_version": __version__, "torch_version": torch.__version__, "saved_at": time.time(), **(meta or {})}
+    weights, adapter = split_adapter_state(_state_for_save(model))
+    if adapter and lora is None:
+        raise CheckpointError("the model holds LoRA adapters: pass lora=<the LoraSpec as a mapping> to save_checkpoint")
+    if lora is not None:
+        config["lora"] = dict(lora)
 
     def write(tmp: Path) -> None:
-        save_file(_state_for_save(model), str(tmp / MODEL_FILE))
+        save_file(weights, str(tmp / MODEL_FILE))
+        if adapter:
+            save_file(adapter, str(tmp / ADAPTER_FILE))
         if ema is not None:
-            save_file(_state_for_save(ema), str(tmp / EMA_FILE))
+            ema_w, ema_a = split_adapter_state(_state_for_save(ema))
+            save_file(ema_w, str(tmp / EMA_FILE))
+            if ema_a:
+                save_file(ema_a, str(tmp / EMA_ADAPTER_FILE))
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         if tokenizer_dir is not None:
@@ -153,6 +173,27 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
     model.load_state_dict(state, strict=False)
 
 
+def read_state(path: str | Path, ema: bool = False, lora: bool | None = None) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint directory (EMA when `ema`), with its LoRA adapters joined in under
+    their live names (`X.base_layer.weight`, `X.lora_A.default.weight`) when it has them.
+
+    Args:
+        lora: whether the checkpoint has adapters (None: read config.yaml).
+    """
+    from .llm_init.finetune import join_adapter_state
+
+    path = Path(path)
+    if lora is None:
+        lora = bool((yaml.safe_load((path / CONFIG_FILE).read_text()) or {}).get("lora"))
+    state = read_weights(path / (EMA_FILE if ema else MODEL_FILE))
+    if not lora:
+        return state
+    adapter_file = path / (EMA_ADAPTER_FILE if ema else ADAPTER_FILE)
+    if not adapter_file.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} records LoRA adapters but has no {adapter_file.name}")
+    return join_adapter_state(state, read_weights(adapter_file))
+
+
 def load_checkpoint(path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint directory into a fresh model (EMA weights when present and `use_ema`)."""
     from .model import ACDiT
@@ -172,7 +213,11 @@ def load_checkpoint(path: str | Path, use_ema: bool = True, device: str | torch.
     ema_file = path / EMA_FILE
     used_ema = use_ema and ema_file.is_file()
     file = ema_file if used_ema else path / MODEL_FILE
-    load_state_into(model, read_weights(file), str(file))
+    if config.get("lora"):
+        from .llm_init.finetune import LoraSpec, add_lora
+
+        add_lora(model, LoraSpec.from_dict(config["lora"]))
+    load_state_into(model, read_state(path, ema=used_ema, lora=bool(config.get("lora"))), str(file))
     model.to(device).eval()
     visual = VisualConfig.from_dict(config["visual"]) if config.get("visual") else None
     tok = path / TOKENIZER_DIR

@@ -116,6 +116,8 @@ _REGISTRARS: list = [_register_quickstart, _register_sample, _register_data]
 _REGISTRARS.append(lambda sub: __import__("unimodal.convert.cli", fromlist=["register"]).register(sub))
 _REGISTRARS.append(lambda sub: __import__("unimodal.eval.cli", fromlist=["register"]).register(sub))
 _REGISTRARS.append(lambda sub: __import__("unimodal.train.cli", fromlist=["register"]).register(sub))
+_REGISTRARS.append(lambda sub: __import__("unimodal.llm_init.cli", fromlist=["register_init"]).register_init(sub))
+_REGISTRARS.append(lambda sub: __import__("unimodal.llm_init.cli", fromlist=["register_export"]).register_export(sub))
 
 
 def _is_rank0() -> bool:

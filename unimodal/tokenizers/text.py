@@ -172,9 +172,17 @@ class TextTokenizer:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> TextTokenizer:
-        """Load a tokenizer written by `save` (or any directory holding a compatible `tokenizer.model`)."""
+        """Load a tokenizer written by `save` (or any directory holding a compatible `tokenizer.model`).
+
+        A directory written by `unimodal init` (a pretrained LLM's tokenizer.json) loads as
+        `unimodal.llm_init.HFTextTokenizer`, which has the same interface.
+        """
         directory = Path(directory)
         model_path = directory / MODEL_FILE
+        if not model_path.is_file() and (directory / "unimodal_hf_tokenizer.json").is_file():
+            from ..llm_init.tokenizer import HFTextTokenizer  # a pretrained LLM's tokenizer (unimodal init)
+
+            return HFTextTokenizer.load(directory)  # type: ignore[return-value]
         if not model_path.is_file():
             what = "directory does not exist" if not directory.is_dir() else f"no {MODEL_FILE} in it"
             raise MissingFileError(f"cannot load tokenizer from {directory}: {what} (looked for {model_path})")

@@ -61,6 +61,10 @@ class TrainConfig:
     loss: dict[str, float] = field(default_factory=dict)  # LossWeights fields: diffusion, text
     tokenizer: dict[str, Any] = field(default_factory=dict)  # data side: path (a saved TextTokenizer), vocab_size, ...
     tasks: list[dict[str, Any]] = field(default_factory=list)  # data side: [{name, dataset, weight, ...}]
+    # --- start from a pretrained LLM, freezing, LoRA (unimodal.llm_init) ------------------
+    init: dict[str, Any] = field(default_factory=dict)  # {llm: DIR}: text side + tokenizer from a local HF causal LM
+    freeze: list[str] = field(default_factory=list)  # parts to freeze: text, visual, all, or parameter-name patterns
+    lora: dict[str, Any] = field(default_factory=dict)  # LoRA adapters: {r, alpha, dropout, target_modules, side}
     # --- batch ---------------------------------------------------------------------------
     batch_size: int = 32  # examples per rank per micro-step; global batch = batch_size * grad_accum * world
     grad_accum: int = 1  # micro-steps per optimizer step
@@ -130,6 +134,7 @@ class TrainConfig:
             if "name" not in t:
                 raise ConfigError(f"TrainConfig.tasks[{i}]={t} is invalid: a task entry needs a 'name'")
         self.visual_config(), self.schedule_config(), self.loss_weights()  # their own checks, named by field
+        self._validate_finetune()
         self.model_config()
         self.deepspeed_base()
 
@@ -150,6 +155,18 @@ class TrainConfig:
         for k, v in self.loss.items():
             check_float(f"TrainConfig.loss.{k}", v, low=0.0)
 
+    def _validate_finetune(self) -> None:
+        """`init`, `freeze` and `lora` keys, checked by name (their targets are checked on the model)."""
+        _check_keys("init", self.init, ["llm"])
+        if self.init and not isinstance(self.init.get("llm"), str):
+            raise ConfigError(f"TrainConfig.init={self.init!r} is invalid: expected {{llm: DIR}}")
+        if self.init and self.tokenizer.get("path"):
+            raise ConfigError("TrainConfig.init.llm brings its own tokenizer: remove tokenizer.path")
+        if self.lora:
+            from unimodal.llm_init.finetune import LoraSpec
+
+            _nested("lora", LoraSpec.from_dict, self.lora)
+
     # --- the component configs ---------------------------------------------------------------
     def visual_config(self) -> VisualConfig:
         return _nested("visual", VisualConfig.from_dict, self.visual)
@@ -166,6 +183,12 @@ class TrainConfig:
         Args:
             vocab_size: the text tokenizer's vocabulary (default: `tokenizer.vocab_size` when set).
         """
+        if self.init.get("llm"):  # the LLM fixes the text side; visual-side fields come from here
+            from unimodal.llm_init.hf import model_config_from_llm, read_llm_config
+
+            src = read_llm_config(self.init["llm"])
+            over = {"token_dim": self.visual_config().token_dim, **self.model_overrides}
+            return _nested("init", lambda d: model_config_from_llm(src, vocab_size, **d), over)
         if self.model not in PRESETS and not Path(self.model).is_file():
             raise ConfigError(
                 f"TrainConfig.model={self.model!r} is neither a model preset {list(PRESETS)} nor a YAML file."

@@ -33,13 +33,12 @@ import torch
 
 from unimodal import atomic
 from unimodal.batch import SequenceBatch
-from unimodal.checkpoint import CONFIG_FILE, EMA_FILE, META_FILE, load_state_into, read_weights, save_checkpoint
+from unimodal.checkpoint import CONFIG_FILE, EMA_FILE, META_FILE, load_state_into, read_state, save_checkpoint
 from unimodal.config import ModelConfig
 from unimodal.diffusion.loss import compute_loss
 from unimodal.diffusion.schedule import NoiseSchedule
 from unimodal.errors import CheckpointError, ConfigError, Interrupted, RunDirError, TrainingDiverged, UnimodalError
 from unimodal.layout import PAD_DOC
-from unimodal.model import ACDiT
 from unimodal.run_dir import RunLock, check_lock, check_writable, is_disk_full, move_aside, run_entries
 
 from . import run_state as ckpt
@@ -109,6 +108,10 @@ def example_noise(
 # --- data and tokenizer ------------------------------------------------------------------------------
 def build_tokenizer(cfg: TrainConfig) -> Any:
     """The text tokenizer: `tokenizer.path` (a saved TextTokenizer), else the data side's `build_tokenizer`, else None."""
+    if cfg.init.get("llm"):  # the pretrained LLM's tokenizer (unimodal.llm_init)
+        from unimodal.llm_init.recipe import recipe_tokenizer
+
+        return recipe_tokenizer(cfg)
     path = cfg.tokenizer.get("path")
     if path:
         from unimodal.tokenizers.text import TextTokenizer
@@ -247,7 +250,10 @@ def train(
     try:
         barrier()
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        engine, optimizer = create_engine(ACDiT(model_cfg), cfg)
+        from unimodal.llm_init.recipe import build_model  # init.llm, freeze, lora (plain ACDiT without them)
+
+        model, lora = build_model(cfg, model_cfg, load_llm=resume_dir is None)
+        engine, optimizer = create_engine(model, cfg)
         log: MetricsLog | None = None
         try:
             ema = EMA(engine.module, cfg.ema_decay, store=info.is_main) if cfg.ema_decay > 0 else None
@@ -269,6 +275,7 @@ def train(
                         path, _Weights(model_cfg, state), ema=ema.state_dict() if ema is not None else None,
                         visual=visual, schedule=schedule.config, tokenizer_dir=tokenizer_dir,
                         extra={"train": cfg.to_dict(), "tasks": cfg.tasks}, meta={"step": step, "world_size": info.world_size},
+                        lora=lora,
                     )
 
                 path = ckpt.write_checkpoint(engine, root, step, info, {"step": step}, write_weights)
@@ -315,7 +322,7 @@ def train(
                     step_hook(done, engine.module, record)
                 log.step(record)
                 if cfg.sample_every and done % cfg.sample_every == 0:
-                    shown = _run_sample_hook(sample_hook, done, engine.module, ema, model_cfg, info)
+                    shown = _run_sample_hook(sample_hook, done, engine.module, ema, model_cfg, info, lora)
                     if isinstance(shown, Path):
                         log.message(f"samples: {shown / 'samples.md'}")
                 if done % cfg.ckpt_every == 0 or done == cfg.steps:
@@ -507,7 +514,7 @@ def _resume(engine: Any, ema: EMA | None, resume_dir: Path | None, info: DistInf
         ema_file = resume_dir / EMA_FILE
         if not ema_file.is_file():
             raise CheckpointError(f"cannot resume the EMA: {str(ema_file)!r} is missing (ema_decay > 0)")
-        ema.load_state_dict(read_weights(ema_file))
+        ema.load_state_dict(read_state(resume_dir, ema=True))  # LoRA adapters joined in when the run has them
     return start
 
 
@@ -521,7 +528,8 @@ def _tokenizer_dir(cfg: TrainConfig, tokenizer: Any, out: Path) -> Path | None:
 
 
 def _run_sample_hook(
-    hook: SampleHook | None, step: int, module: torch.nn.Module, ema: EMA | None, model_cfg: ModelConfig, info: DistInfo
+    hook: SampleHook | None, step: int, module: torch.nn.Module, ema: EMA | None, model_cfg: ModelConfig, info: DistInfo,
+    lora: dict[str, Any] | None = None,
 ) -> Any:
     """Rank 0 calls `hook` with a fresh fp32 model holding the EMA (else the live) weights; returns what it returns."""
     if ema is None:
@@ -530,7 +538,9 @@ def _run_sample_hook(
         state = ema.state_dict()
     if not info.is_main or hook is None:
         return None
-    model = ACDiT(model_cfg)
+    from unimodal.llm_init.recipe import fresh_model
+
+    model = fresh_model(model_cfg, lora)
     load_state_into(model, state, f"weights at step {step}")
     return hook(step, model.to(info.device).eval())
 
