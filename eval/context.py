@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -11,13 +11,16 @@ from unimodal.checkpoint import Checkpoint
 from unimodal.config import VisualConfig
 from unimodal.diffusion.schedule import NoiseSchedule
 
+if TYPE_CHECKING:
+    from unimodal.tokenizers import TextTokenizer
+
 
 @dataclass
 class EvalContext:
     """A loaded checkpoint and the run-wide settings."""
 
     checkpoint: Checkpoint
-    tokenizer: Any  # TextTokenizer or None
+    tokenizer: TextTokenizer | None
     limit: int | None = None  # caps every task's number of samples (and probe training sets)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: bool = True

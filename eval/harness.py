@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -31,6 +31,10 @@ from .errors import EvalError
 from .metrics import get_metric, score_text
 from .provenance import checkpoint_identity, prompt_template, run_environment, sha256_text
 from .task_config import HEADS, EvalTaskConfig, TaskRegistry
+
+if TYPE_CHECKING:
+    from unimodal.checkpoint import Checkpoint
+    from unimodal.tokenizers import TextTokenizer
 
 _PACKAGES = ("unimodal", "torch", "numpy", "scipy", "scikit-learn", "open-clip-torch", "torch-fidelity")
 
@@ -59,7 +63,7 @@ def trained_tasks(extra: dict[str, Any]) -> list[str]:
     return sorted({t["name"] if isinstance(t, dict) else str(t) for t in tasks})
 
 
-def check_checkpoint(task: EvalTaskConfig, ckpt: Any, tokenizer: Any) -> None:
+def check_checkpoint(task: EvalTaskConfig, ckpt: Checkpoint, tokenizer: TextTokenizer | None) -> None:
     """EvalError if the checkpoint cannot do `task` (no images, no text, no classes, not trained for it)."""
     what = f"eval task {task.name!r} (head {task.head!r})"
     where = f"checkpoint {str(ckpt.path)!r}"

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .metrics.fid import gaussian_stats
 from .metrics.precision_recall import precision_recall as knn_precision_recall
+
+if TYPE_CHECKING:
+    from .extractors.base import FeatureExtractor
+    from .extractors.clip import ClipScorer
 
 
 @dataclass
@@ -31,11 +35,11 @@ class SampleSet:
     """
 
     images: torch.Tensor
-    extractor: Any
+    extractor: FeatureExtractor
     reference_features: np.ndarray | None = None
     targets: dict[str, np.ndarray] = field(default_factory=dict)
     captions: list[str] | None = None
-    clip: Any = None
+    clip: ClipScorer | None = None
     k: int = 3
     reference_stats: tuple[np.ndarray, np.ndarray] | None = None  # (mu, sigma), from the cache when given
 

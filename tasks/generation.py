@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from .base import (
     model_device,
     register_task,
 )
+
+if TYPE_CHECKING:
+    from unimodal.model import ACDiT
 
 
 @register_task
@@ -46,7 +49,7 @@ class ClassToImage(Task):
         """Images (N, C, H, W) in [-1, 1] for the given class labels (latent tokens decoded by the VAE)."""
         return decode_images(self.generate_tokens(model, labels, sampling, seed), self.visual, model_device(model))
 
-    def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: ScheduleConfig, out: Path, stem: str) -> list[str]:
+    def progress(self, model: ACDiT, bank: ImageBank, indices: list[int], schedule: ScheduleConfig, out: Path, stem: str) -> list[str]:
         """A grid of samples for classes 0, 1, 2, ... (one per record picked), with the paper's sampling settings."""
         labels = [i % model.cfg.num_classes for i in range(len(indices))]
         tokens = self.generate_tokens(model, labels, VisualSampling.paper(schedule=schedule))
@@ -88,7 +91,7 @@ class TextToImage(Task):
         """Images (N, C, H, W) in [-1, 1] for the captions (latent tokens decoded by the VAE)."""
         return decode_images(self.generate_tokens(model, captions, sampling, seed), self.visual, model_device(model))
 
-    def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: ScheduleConfig, out: Path, stem: str) -> list[str]:
+    def progress(self, model: ACDiT, bank: ImageBank, indices: list[int], schedule: ScheduleConfig, out: Path, stem: str) -> list[str]:
         """A grid of samples for the captions of the records picked, with the paper's sampling settings."""
         captions = [str(bank.column("caption", i)) for i in indices]
         tokens = self.generate_tokens(model, captions, VisualSampling.paper(schedule=schedule))

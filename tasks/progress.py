@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from unimodal.diffusion.schedule import ScheduleConfig
 from unimodal.errors import ConfigError
 
 from .mixture import TaskMixture
+
+if TYPE_CHECKING:
+    from unimodal.model import ACDiT
 
 
 class ProgressSamples:
@@ -47,7 +50,7 @@ class ProgressSamples:
         self.picks = [sorted(rng.choice(idx, size=min(num, len(idx)), replace=False).tolist()) for idx in mixture.indices]
 
     @torch.no_grad()
-    def __call__(self, step: int, model: Any) -> Path:
+    def __call__(self, step: int, model: ACDiT) -> Path:
         """Write the samples of `step` and return their folder."""
         final = self.root / f"step_{step:07d}"
 

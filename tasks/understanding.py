@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +24,10 @@ from .base import (
     register_task,
 )
 
+if TYPE_CHECKING:
+    from unimodal.diffusion.schedule import ScheduleConfig
+    from unimodal.model import ACDiT
+
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
@@ -31,7 +35,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *[f"| {j} | " + " | ".join(cell(c) for c in r) + " |" for j, r in enumerate(rows, 1)]]
 
 
-def _input_grid(task: Task, model: Any, bank: ImageBank, indices: list[int], out: Path, stem: str) -> str:
+def _input_grid(task: Task, model: ACDiT, bank: ImageBank, indices: list[int], out: Path, stem: str) -> str:
     images = decode_images(bank.tokens[indices], task.visual, model_device(model))
     save_image_grid(images, out / f"{stem}.png", nrow=len(indices))
     return f"![{task.name} inputs]({stem}.png)"
@@ -80,7 +84,7 @@ class Captioning(_ImageToText):
         """Greedy captions for (N, T, C) image tokens."""
         return self._decode(model, tokens, [None] * len(tokens), max_new_tokens, batch_size)
 
-    def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: Any, out: Path, stem: str) -> list[str]:
+    def progress(self, model: ACDiT, bank: ImageBank, indices: list[int], schedule: ScheduleConfig, out: Path, stem: str) -> list[str]:
         """The records' images, and the model's greedy captions next to the truth."""
         pred = self.predict(model, bank.tokens[indices])
         rows = [[bank.column("caption", i), p] for i, p in zip(indices, pred)]
@@ -119,7 +123,7 @@ class VQA(_ImageToText):
             raise ConfigError(f"{len(questions)} questions for {len(tokens)} images")
         return self._decode(model, tokens, list(questions), max_new_tokens, batch_size)
 
-    def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: Any, out: Path, stem: str) -> list[str]:
+    def progress(self, model: ACDiT, bank: ImageBank, indices: list[int], schedule: ScheduleConfig, out: Path, stem: str) -> list[str]:
         """The records' images, one question each (fixed across steps), the model's answer next to the truth."""
         rng = np.random.default_rng(0)
         pairs = [self.pair(bank, i, rng) for i in indices]

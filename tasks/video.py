@@ -13,7 +13,7 @@ within the trained range and memory stays flat (Generator.stream_visual, `window
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -29,13 +29,20 @@ from unimodal.tokenizers.visual import patchify_video, unpatchify_video
 
 from .base import ImageBank, RecordError, Task, bank_vae, make_example, register_task
 
+if TYPE_CHECKING:
+    import datasets
+
+    from unimodal.diffusion.schedule import ScheduleConfig
+    from unimodal.model import ACDiT
+    from unimodal.tokenizers.visual import VAETokenizer
+
 
 def videos_to_tokens(videos: torch.Tensor, visual: VisualConfig) -> torch.Tensor:
     """(N, F, C, H, W) in [-1, 1] → (N, F·grid², token_dim) pixel-space tokens, frame-major."""
     return patchify_video(videos, visual.patch_size)
 
 
-def tokens_to_frames(tokens: torch.Tensor, visual: VisualConfig, frames: int, vae: Any = None) -> torch.Tensor:
+def tokens_to_frames(tokens: torch.Tensor, visual: VisualConfig, frames: int, vae: VAETokenizer | None = None) -> torch.Tensor:
     """(N, frames·grid², token_dim) → (N, frames, C, H, W) in [-1, 1] (decoded by `vae` for latent tokens)."""
     side = visual.grid * visual.patch_size
     x = unpatchify_video(tokens.float(), frames, side, side, visual.patch_size, visual.channels)
@@ -46,7 +53,7 @@ def tokens_to_frames(tokens: torch.Tensor, visual: VisualConfig, frames: int, va
     return images.reshape(N, frames, *images.shape[1:])
 
 
-def build_video_bank(dataset: Any, visual: VisualConfig, name: str = "", batch: int = 256) -> ImageBank:
+def build_video_bank(dataset: datasets.Dataset, visual: VisualConfig, name: str = "", batch: int = 256) -> ImageBank:
     """Tokenise every video of a `datasets.Dataset` for the pixel path.
 
     The `video` column holds uint8 (F, H, W) or (F, H, W, C) arrays (e.g. `moving_fmnist`).
@@ -153,7 +160,7 @@ class ClassToVideo(Task):
         """Videos (N, frames, C, H, W) in [-1, 1] for the given class labels."""
         return torch.cat(list(self.stream(model, labels, sampling, seed, frames, max_context)), 1)
 
-    def progress(self, model: Any, bank: ImageBank, indices: list[int], schedule: Any, out: Path, stem: str) -> list[str]:
+    def progress(self, model: ACDiT, bank: ImageBank, indices: list[int], schedule: ScheduleConfig, out: Path, stem: str) -> list[str]:
         """Two videos (classes 0 and 1) of the trained length as a frame grid, with the paper's video sampling settings."""
         labels = [i % model.cfg.num_classes for i in range(min(2, len(indices)))]
         videos = self.generate(model, labels, VisualSampling.paper(video=True, schedule=schedule))
