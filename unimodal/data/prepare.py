@@ -485,15 +485,15 @@ class PreparedData:
     def check_visual(self, visual: VisualConfig) -> None:
         """Refuse a visual config (or VAE) other than the one the shards were made with, naming the field."""
         m = self.manifest
+        if bool(visual.vae_dir) != (m["encoding"] == "vae_moments"):
+            raise DataError(f"prepared data {self.path}: visual.vae_dir is {'set' if visual.vae_dir else 'unset'} but the "
+                            f"shards hold {m['encoding']}")
         for key in ("channels", "image_size", "vae_downsample"):
             if key == "vae_downsample" and not visual.vae_dir:
                 continue
             if m["visual"].get(key) != getattr(visual, key):
                 raise DataError(f"prepared data {self.path}: visual.{key} is {getattr(visual, key)} but the shards were "
                                 f"prepared with {m['visual'].get(key)}")
-        if bool(visual.vae_dir) != (m["encoding"] == "vae_moments"):
-            raise DataError(f"prepared data {self.path}: visual.vae_dir is {'set' if visual.vae_dir else 'unset'} but the "
-                            f"shards hold {m['encoding']}")
         if visual.vae_dir and vae_fingerprint(visual.vae_dir) != m["vae"]["fingerprint"]:
             raise DataError(f"prepared data {self.path}: vae fingerprint differs: {visual.vae_dir} is not the VAE the shards "
                             f"were prepared with ({m['vae']['dir']})")
