@@ -1,0 +1,419 @@
+"""Quality against training minutes for the quickstart recipe and candidate changes (issue 18).
+
+Every job trains `configs/train/easyvqa_tiny.yaml` (what `unimodal quickstart` runs) with a
+variant's overrides for the number of steps that a budget of M minutes buys, then evaluates
+it exactly as the quickstart does (the shipped eval tasks easyvqa_vqa / _caption / _t2i /
+_probe on 300 held-out TEST samples each, seed 0), and adds the diagnostics of issue 18:
+
+* quadrant-tint spread: RMS over the 4 blocks (quadrants) of one generated image of the
+  deviation of each quadrant's background colour (its 3x3 corner pixels) from the image's
+  mean of them (real images ~0),
+  next to the same spread between images;
+* patch-border jumps: mean |difference| of adjacent pixels straddling a patch border, at a
+  block border, and inside patches (real images give the reference);
+* gate magnitudes: mean |AdaLN-Zero attention gate| of the noisy tokens per t, over layers.
+
+Quality is measured against training STEPS; minutes are steps x a seconds-per-step that is
+measured separately (`calibrate_steps` of the quickstart, the plain recipe, this machine) and
+stored in the JSON as such. Variants that change the per-step cost (model shape, batch) get
+their steps scaled by their calibrated cost relative to the recipe's; the others get the
+recipe's steps (a cheaper variant, e.g. a larger tokenizer with shorter sequences, is thus
+not credited for its speed).
+
+Tuning is never done on test: `--cfg-tune KEY` picks the text->image CFG scale of a finished
+job on prompts and reference images of the TRAIN split (`easyvqa_t2i` with split=train), and
+only then scores the chosen scale on test.
+
+The JSON (benchmarks/results/quickstart_study.json) is updated after every job under a file
+lock; jobs already in it are skipped, so the script is resumable and several workers may run
+at once (each claims a job before running it). The plot (quickstart_study.png) has one panel
+per measure, one line per variant, quality against minutes.
+
+    python benchmarks/quickstart_study.py --jobs today@5,flow@5,today@10 [--threads 1]
+    python benchmarks/quickstart_study.py --cfg-tune flow@10
+    python benchmarks/quickstart_study.py --plot-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import RESULTS, machine  # noqa: E402
+
+JSON_PATH = RESULTS / "quickstart_study.json"
+PLOT_PATH = RESULTS / "quickstart_study.png"
+RUNS = Path("runs/quickstart_study")
+EVAL_TASKS = ("easyvqa_vqa", "easyvqa_caption", "easyvqa_t2i", "easyvqa_probe")
+EVAL_LIMIT = 300
+FLOW = ["diffusion.prediction_type=flow", "diffusion.timestep_sampling=logit_normal"]
+TOK400 = ["tokenizer.vocab_size=400"]  # whole words: "a yellow rectangle" is 3 pieces, not 11
+VARIANTS: dict[str, list[str]] = {
+    "today": [],
+    "flow": FLOW,
+    "tok400": TOK400,
+    "flow_tok400": FLOW + TOK400,
+    "tok400_rope100": TOK400 + ["model_overrides.rope_theta=100"],
+    "flow_tok400_rope100": FLOW + TOK400 + ["model_overrides.rope_theta=100"],
+    "tok400_lr2e-3": TOK400 + ["lr=2e-3"],
+    "flow_tok400_lr2e-3": FLOW + TOK400 + ["lr=2e-3"],
+    "tok400_lr5e-4": TOK400 + ["lr=5e-4"],
+    "tok400_t2i3": TOK400 + [
+        "tasks=[{name: text_to_image, dataset: easyvqa, weight: 3.0, drop_prob: 0.1},"
+        " {name: captioning, dataset: easyvqa, weight: 1.0}, {name: vqa, dataset: easyvqa, weight: 2.0}]"],
+    "tok400_batch64": TOK400 + ["batch_size=64", "pack_tokens=256"],
+    "tok400_6x192": TOK400 + ["model_overrides.n_layer=6", "model_overrides.d_model=192"],
+}
+COST_KEYS = ("model", "model_overrides.n_layer", "model_overrides.d_model", "batch_size", "pack_tokens", "visual")
+MEASURES = [("VQA accuracy", "vqa_accuracy"), ("caption exact match", "caption_exact_match"),
+            ("text->image colour+shape", "t2i_colour_shape_accuracy"), ("probe, best layer", "probe_accuracy_best_layer")]
+
+
+# --- the JSON, shared by workers ---------------------------------------------------------------
+@contextmanager
+def locked() -> Iterator[dict[str, Any]]:
+    """The results document under an exclusive lock; written back atomically on exit."""
+    JSON_PATH.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(JSON_PATH) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = json.loads(JSON_PATH.read_text()) if JSON_PATH.is_file() else {}
+        doc.setdefault("runs", {})
+        doc.setdefault("cfg_tuning", {})
+        yield doc
+        tmp = JSON_PATH.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(JSON_PATH)
+
+
+def parse_job(job: str) -> tuple[str, float, int]:
+    """'variant@minutes[:seed]' -> (variant, minutes, seed)."""
+    name, _, rest = job.partition("@")
+    minutes, _, seed = rest.partition(":")
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
+    return name, float(minutes), int(seed or 0)
+
+
+def job_key(name: str, minutes: float, seed: int) -> str:
+    return f"{name}@{minutes:g}" + (f":{seed}" if seed else "")
+
+
+def claim(key: str) -> bool:
+    """True when this process may run `key` (no live process holds its claim)."""
+    path = RUNS / "claims" / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        try:
+            os.kill(int(path.read_text()), 0)
+            return False  # a live worker has it
+        except (ProcessLookupError, ValueError):
+            path.unlink()
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
+# --- seconds per step ----------------------------------------------------------------------------
+def recipe(overrides: list[str], out: Path):
+    from unimodal.quickstart import config_file
+    from unimodal.train.config import TrainConfig
+
+    return TrainConfig.from_file(config_file("train/easyvqa_tiny.yaml"), [f"out_dir={out}", *overrides])
+
+
+def seconds_per_step(name: str) -> float:
+    """The recipe's calibrated s/step (measured once, stored); a cost-changing variant's is scaled by its own."""
+    from unimodal.quickstart import calibrate_steps
+
+    with locked() as doc:
+        base = doc.get("seconds_per_step", {}).get("today")
+    if base is None:
+        _, base = calibrate_steps(recipe([], RUNS / "calibrate"), 60.0)
+        with locked() as doc:
+            doc.setdefault("seconds_per_step", {})["today"] = base
+            doc["seconds_per_step_note"] = (
+                "unimodal.quickstart.calibrate_steps on the plain recipe (median of 6 steps x 1.1), measured once "
+                f"by the first worker with torch threads={os.environ.get('STUDY_THREADS_AT_CALIBRATION', 'default')}; "
+                "minutes = steps x this")
+            doc["machine"] = machine()
+    if name == "today" or not any(o.split("=")[0].startswith(COST_KEYS) for o in VARIANTS[name]):
+        return base
+    with locked() as doc:
+        ratio = doc.get("cost_ratio", {}).get(name)
+    if ratio is None:  # measured back to back so machine load cancels
+        _, b = calibrate_steps(recipe([], RUNS / "calibrate"), 60.0)
+        _, v = calibrate_steps(recipe(VARIANTS[name], RUNS / "calibrate"), 60.0)
+        ratio = v / b
+        with locked() as doc:
+            doc.setdefault("cost_ratio", {})[name] = ratio
+    return base * ratio
+
+
+# --- diagnostics ---------------------------------------------------------------------------------
+def image_stats(x, patch: int, block: int) -> dict[str, float]:
+    """Quadrant-tint spread and border jumps of images (N, C, H, W) in [-1, 1]."""
+    import torch
+
+    N, C, H, W = x.shape
+    k = 3  # background tint of a quadrant: its 3x3 pixels at the image corner (shapes rarely reach the corners)
+    corners = [x[..., :k, :k], x[..., :k, -k:], x[..., -k:, :k], x[..., -k:, -k:]]
+    tint = torch.stack([c.reshape(N, C, -1).mean(-1) for c in corners], 1)  # (N, 4, C)
+    within = (tint - tint.mean(1, keepdim=True)).pow(2).mean().sqrt()
+    img_tint = tint.mean(1)  # (N, C)
+    between = (img_tint - img_tint.mean(0, keepdim=True)).pow(2).mean().sqrt()
+    dh = (x[..., :, 1:] - x[..., :, :-1]).abs()  # (N, C, H, W-1): pair (j, j+1)
+    dv = (x[..., 1:, :] - x[..., :-1, :]).abs()
+    j = torch.arange(W - 1)
+    patch_b, block_b = (j + 1) % patch == 0, (j + 1) % block == 0
+    inner = ~patch_b
+
+    def jump(mask):
+        return float((dh[..., mask].mean() + dv[..., mask, :].mean()) / 2)
+
+    return {"quadrant_tint_rms_within_image": float(within), "tint_rms_between_images": float(between),
+            "patch_border_jump": jump(patch_b & ~block_b), "block_border_jump": jump(block_b), "inner_jump": jump(inner)}
+
+
+def gate_magnitudes(model, ts=(0, 50, 100, 300, 600, 999)) -> dict[str, float]:
+    """Mean |gate_msa| and |gate_mlp| of the noisy tokens at timestep t, averaged over layers."""
+    import torch
+
+    out = {}
+    with torch.no_grad():
+        for t in ts:
+            c = model.t_embedder(torch.tensor([t]))
+            g_msa, g_mlp = [], []
+            for blk in model.blocks:
+                mod = blk.adaLN_modulation(c)[0].chunk(6, dim=-1)
+                g_msa.append(mod[2].abs().mean())
+                g_mlp.append(mod[5].abs().mean())
+            out[f"gate_msa_t{t}"] = float(torch.stack(g_msa).mean())
+            out[f"gate_mlp_t{t}"] = float(torch.stack(g_mlp).mean())
+    return out
+
+
+def diagnostics(ckpt_dir: Path, out: Path, n: int = 48) -> dict[str, Any]:
+    """Generate n images from test captions (the quickstart's sampling) and measure them and the gates."""
+    import numpy as np
+
+    from unimodal.checkpoint import load_checkpoint
+    from unimodal.data import load_dataset
+    from unimodal.generate import VisualSampling
+    from unimodal.media import save_image_grid
+    from unimodal.tasks import TextToImage, build_image_bank, tokens_to_images
+    from unimodal.tokenizers import TextTokenizer
+
+    ckpt = load_checkpoint(ckpt_dir)
+    tok = TextTokenizer.load(ckpt.tokenizer_dir)
+    test = load_dataset("easyvqa", "test")
+    rng = np.random.default_rng(1)
+    captioned = [i for i, c in enumerate(test["caption"]) if c]
+    pick = sorted(rng.choice(captioned, size=n, replace=False).tolist())
+    sub = test.select(pick)
+    captions = list(sub["caption"])
+    gen = TextToImage(ckpt.visual, tok).generate(ckpt.model, captions, VisualSampling.paper(schedule=ckpt.schedule), seed=0)
+    save_image_grid(gen[:16], out / "t2i_grid.png", nrow=8)
+    (out / "t2i_grid.txt").write_text("\n".join(captions[:16]) + "\n")
+    real = tokens_to_images(build_image_bank(sub, ckpt.visual, name="easyvqa/test").tokens, ckpt.visual)
+    v = ckpt.visual
+    p, b = v.patch_size, v.patch_size * v.block_h
+    gs = image_stats(gen.float(), p, b)
+    rs = image_stats(real.float(), p, b)
+    return {"generated": gs, "real": rs, "gates": gate_magnitudes(ckpt.model), "grid": str(out / "t2i_grid.png")}
+
+
+# --- one job ---------------------------------------------------------------------------------------
+def run_job(name: str, minutes: float, seed: int) -> dict[str, Any]:
+    from unimodal.eval import run_eval
+    from unimodal.quickstart import headline
+    from unimodal.train.trainer import train
+
+    key = job_key(name, minutes, seed)
+    out = RUNS / key.replace("@", "_at_").replace(":", "_s")
+    sps = seconds_per_step(name)
+    steps = max(1, int(minutes * 60 / sps))
+    cfg = recipe([*VARIANTS[name], f"seed={seed}"], out / "run")
+    warmup = min(cfg.warmup_steps, max(0, steps // 10))  # as the quickstart does
+    cfg = cfg.with_overrides([f"steps={steps}", f"warmup_steps={warmup}", f"ckpt_every={steps}", "progress=false",
+                              "sample_every=0", "tensorboard=false"])
+    print(f"[{key}] {steps} steps ({sps:.3f} s/step x {steps} = {steps * sps / 60:.1f} min)", flush=True)
+    t0 = time.perf_counter()
+    res = train(cfg)
+    train_s = time.perf_counter() - t0
+    hist = res.history
+    tail = [h for h in hist[-max(1, len(hist) // 10):]]
+    loss_tail = {k: sum(h[k] for h in tail if k in h) / max(1, sum(k in h for h in tail)) for k in ("loss", "diffusion", "text")}
+    t0 = time.perf_counter()
+    ev = run_eval(res.checkpoint, EVAL_TASKS, out / "eval" / "results.json", limit=EVAL_LIMIT, seed=0, progress=False)
+    eval_s = time.perf_counter() - t0
+    t2i = ev["tasks"]["easyvqa_t2i"]["metrics"]
+    diag = diagnostics(Path(res.checkpoint), out)
+    row = {
+        "variant": name, "overrides": VARIANTS[name], "seed": seed, "minutes_budget": minutes, "steps": steps,
+        "seconds_per_step_used": sps, "warmup_steps": warmup, "train_wall_s": train_s, "eval_wall_s": eval_s,
+        "threads": int(os.environ.get("STUDY_THREADS", "0")) or None, "checkpoint": str(res.checkpoint),
+        "final_loss_last10pct": loss_tail, **headline(ev), "t2i_clip_score": t2i.get("clip_score"),
+        "t2i_metrics": t2i, "diagnostics": diag,
+    }
+    print(f"[{key}] " + " ".join(f"{m}={row[m]:.3f}" for _, m in MEASURES if row[m] is not None), flush=True)
+    return row
+
+
+def cfg_tune(key: str, scales=(1.5, 3.0, 5.0), limit: int = 200) -> dict[str, Any]:
+    """Pick the CFG scale on TRAIN prompts/references, then score only the chosen scale on test."""
+    import tempfile
+
+    from unimodal.eval import run_eval
+
+    with locked() as doc:
+        row = doc["runs"][key]
+    ckpt = row["checkpoint"]
+    on_train = {}
+    with tempfile.TemporaryDirectory() as d:
+        for s in scales:
+            name = f"easyvqa_t2i_train_cfg{str(s).replace('.', 'p')}"
+            Path(d, name + ".yaml").write_text(
+                f"include: easyvqa_t2i\nname: {name}\nsplit: train\nseed: 1\ngeneration: {{cfg_scale: {s}}}\n")
+            ev = run_eval(ckpt, [name], None, limit=limit, seed=1, include_paths=[d], progress=False)
+            on_train[s] = ev["tasks"][name]["metrics"]["class_accuracy"]
+            print(f"[{key}] cfg {s}: train colour+shape {on_train[s]:.3f}", flush=True)
+        best = max(on_train, key=on_train.get)
+        name = "easyvqa_t2i_test_chosen"
+        Path(d, name + ".yaml").write_text(f"include: easyvqa_t2i\nname: {name}\ngeneration: {{cfg_scale: {best}}}\n")
+        ev = run_eval(ckpt, [name], None, limit=EVAL_LIMIT, seed=0, include_paths=[d], progress=False)
+    result = {"train_class_accuracy_by_cfg": {str(k): v for k, v in on_train.items()}, "chosen_cfg": best,
+              "test_class_accuracy_at_chosen": ev["tasks"][name]["metrics"]["class_accuracy"],
+              "test_class_accuracy_at_1.5": row["t2i_colour_shape_accuracy"], "train_limit": limit}
+    print(f"[{key}] chosen cfg {best}: test colour+shape {result['test_class_accuracy_at_chosen']:.3f}", flush=True)
+    return result
+
+
+# --- the plot --------------------------------------------------------------------------------------
+COLOURS = ["black", "red", "blue", "green", "orange", "purple", "brown", "magenta", "teal", "olive", "navy", "gray"]
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    """One panel per measure; x = minutes of training (steps x measured s/step), one line per variant (seed 0)."""
+    from PIL import Image, ImageDraw
+
+    runs = [r for r in doc["runs"].values() if r.get("seed", 0) == 0]
+    repeats = [r for r in doc["runs"].values() if r.get("seed", 0) != 0]
+    variants = sorted({r["variant"] for r in runs}, key=lambda v: list(VARIANTS).index(v) if v in VARIANTS else 99)
+    xs_all = sorted({r["minutes_budget"] for r in doc["runs"].values()}) or [5, 10]
+    W, H, m = 300, 240, 40
+    legend_h = 16 * (len(variants) + 1)
+    img = Image.new("RGB", (W * len(MEASURES), H + legend_h), "white")
+    d = ImageDraw.Draw(img)
+    xmin, xmax = min(xs_all), max(xs_all)
+    xmax = xmax if xmax > xmin else xmin + 1
+    for p, (title, key) in enumerate(MEASURES):
+        ox = p * W
+        d.text((ox + m, 6), title, fill="black")
+        d.rectangle([ox + m, m, ox + W - 10, H - m], outline="gray")
+        for frac in (0.0, 0.5, 1.0):
+            y = H - m - (H - 2 * m) * frac
+            d.text((ox + 6, y - 6), f"{frac:.1f}", fill="gray")
+        for xv in xs_all:
+            x = ox + m + (W - 10 - m) * (xv - xmin) / (xmax - xmin)
+            d.text((x - 6, H - m + 4), f"{xv:g}", fill="black")
+        d.text((ox + m, H - 16), "minutes of training", fill="gray")
+
+        def xy(r):
+            return (ox + m + (W - 10 - m) * (r["minutes_budget"] - xmin) / (xmax - xmin),
+                    H - m - (H - 2 * m) * r[key])
+
+        for vi, v in enumerate(variants):
+            col = COLOURS[vi % len(COLOURS)]
+            pts = [xy(r) for r in sorted(runs, key=lambda r: r["minutes_budget"]) if r["variant"] == v and r.get(key) is not None]
+            for x, y in pts:
+                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=col)
+            if len(pts) > 1:
+                d.line(pts, fill=col, width=2)
+            for r in repeats:  # repeat seeds: hollow markers
+                if r["variant"] == v and r.get(key) is not None:
+                    x, y = xy(r)
+                    d.ellipse([x - 4, y - 4, x + 4, y + 4], outline=col)
+    for vi, v in enumerate(variants):
+        col = COLOURS[vi % len(COLOURS)]
+        y = H + 4 + 16 * vi
+        d.line([(10, y + 6), (30, y + 6)], fill=col, width=3)
+        d.text((36, y), v + "  " + " ".join(VARIANTS.get(v, [])), fill="black")
+    d.text((10, H + 4 + 16 * len(variants)), "hollow = repeat seed; minutes = steps x measured s/step", fill="gray")
+    img.save(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", default="today@5,flow@5,today@10,flow@10", help="variant@minutes[:seed], comma separated")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--cfg-tune", default=None, help="a finished job key: choose its CFG scale on train, score on test")
+    ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--list", action="store_true", help="print the variants")
+    ap.add_argument("--calibrate", action="store_true", help="measure the recipe's s/step (torch's default threads) and exit")
+    ap.add_argument("--sps", type=float, default=None,
+                    help="seconds per step of the recipe to convert minutes to steps (default: measured once and stored)")
+    ap.add_argument("--eval-limit", type=int, default=300, help="samples per eval task (300 as the quickstart)")
+    ap.add_argument("--json", default=None, help="results JSON (default benchmarks/results/quickstart_study.json)")
+    args = ap.parse_args()
+    global JSON_PATH, PLOT_PATH, RUNS, EVAL_LIMIT
+    if args.json:
+        JSON_PATH, PLOT_PATH = Path(args.json), Path(args.json).with_suffix(".png")
+        RUNS = Path("runs") / Path(args.json).stem
+    if args.list:
+        for k, v in VARIANTS.items():
+            print(k, v)
+        return
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        os.environ["STUDY_THREADS"] = str(args.threads)
+        os.environ.setdefault("STUDY_THREADS_AT_CALIBRATION", str(args.threads))
+    EVAL_LIMIT = args.eval_limit
+    if args.sps is not None:
+        with locked() as doc:
+            doc.setdefault("seconds_per_step", {}).setdefault("today", args.sps)
+            doc.setdefault("seconds_per_step_note", f"given with --sps {args.sps}")
+    if args.calibrate:
+        print(f"{seconds_per_step('today'):.3f} s/step", flush=True)
+        return
+    if args.plot_only:
+        with locked() as doc:
+            plot(doc, PLOT_PATH)
+        return
+    if args.cfg_tune:
+        result = cfg_tune(args.cfg_tune)
+        with locked() as doc:
+            doc["cfg_tuning"][args.cfg_tune] = result
+        return
+    for job in [j for j in args.jobs.split(",") if j]:
+        name, minutes, seed = parse_job(job)
+        key = job_key(name, minutes, seed)
+        with locked() as doc:
+            done = key in doc["runs"]
+        if done or not claim(key):
+            print(f"[{key}] done or claimed by another worker: skipped", flush=True)
+            continue
+        try:
+            row = run_job(name, minutes, seed)
+            with locked() as doc:
+                doc["runs"][key] = row
+                plot(doc, PLOT_PATH)
+        finally:
+            (RUNS / "claims" / key).unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
