@@ -38,6 +38,7 @@ import io
 import json
 import os
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 INTENT = "prepare.json"
 DTYPES = ("float16", "float32")
+OPEN_SHARDS = 64  # shards a reader keeps open (file descriptors and memory maps)
 
 
 # ---- the source spec ------------------------------------------------------------------------------------
@@ -407,14 +409,9 @@ def _prepare_pool(spec: SourceSpec, out: Path, vae_dir: Any, shard_size: int, nu
     jobs = [(spec, out, vae_dir, shard_size, flip, dtype, tokenizer, batch, base_rank * num_proc + i, world)
             for i in range(num_proc)]
     with mp.get_context("spawn").Pool(num_proc) as pool:
-        pool.map(_worker, jobs)
+        pool.map(_worker, jobs)  # worker 0 of rank 0 waits for every shard, then writes the manifest
     manifest = out / MANIFEST
-    if base_rank == 0:  # every local worker is done: finish once all ranks' shards exist
-        records, resolved = source_records(spec.dataset, spec.split, spec.options)
-        intent = json.loads((out / INTENT).read_text())
-        n = sum(1 for _ in records)
-        return _finish(out, intent, n, 0, wait=True)
-    return manifest
+    return manifest if manifest.is_file() else out / INTENT
 
 
 # ---- reading -------------------------------------------------------------------------------------------
@@ -469,8 +466,8 @@ class PreparedData:
         self.counts = np.cumsum([0] + [s["records"] for s in m["shards"]])
         self.encoding = m["encoding"]
         self.columns = [c for c in m["shards"][0]["schema"] if c not in ("position", "pixels", "moments", "flip_moments")]
-        self._tables: dict[int, Any] = {}
-        self._fds: dict[int, int] = {}
+        self._tables: OrderedDict[int, Any] = OrderedDict()  # the most recently read shards stay open (LRU)
+        self._fds: OrderedDict[int, int] = OrderedDict()
         self.vae = m.get("vae") or {}
         v = m["visual"]
         if self.encoding == "pixels":
@@ -509,11 +506,15 @@ class PreparedData:
 
     def table(self, k: int) -> Any:
         """Shard k's Arrow table, memory-mapped (pages are read on access, not held)."""
-        if k not in self._tables:
-            import pyarrow as pa
+        if k in self._tables:
+            self._tables.move_to_end(k)
+            return self._tables[k]
+        import pyarrow as pa
 
-            mm = pa.memory_map(str(self.path / self.manifest["shards"][k]["file"]))
-            self._tables[k] = pa.ipc.open_stream(mm).read_all()
+        with pa.memory_map(str(self.path / self.manifest["shards"][k]["file"])) as mm:
+            self._tables[k] = pa.ipc.open_stream(mm).read_all()  # zero-copy: the buffers keep the map alive
+        if len(self._tables) > OPEN_SHARDS:
+            self._tables.popitem(last=False)
         return self._tables[k]
 
     def column(self, name: str) -> _Column:
@@ -526,13 +527,17 @@ class PreparedData:
         shard = self.manifest["shards"][k]
         if name not in shard["visual_offsets"]:
             raise DataError(f"prepared data {self.path}: shard {shard['file']} holds no {name!r} (prepare with flip=True)")
-        if k not in self._fds:
+        if k in self._fds:
+            self._fds.move_to_end(k)
+        else:
             self._fds[k] = os.open(self.path / shard["file"], os.O_RDONLY)
+            if len(self._fds) > OPEN_SHARDS:
+                os.close(self._fds.popitem(last=False)[1])
         raw = os.pread(self._fds[k], self.row_bytes, shard["visual_offsets"][name] + i * self.row_bytes)
         return np.frombuffer(raw, self.row_dtype).reshape(self.row_shape)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_tables": {}, "_fds": {}}
+        return {**self.__dict__, "_tables": OrderedDict(), "_fds": OrderedDict()}
 
     def __del__(self) -> None:
         for fd in getattr(self, "_fds", {}).values():
