@@ -251,3 +251,35 @@ def test_task_spec_errors_name_the_field(spec, pattern):
 
     with pytest.raises(ConfigError, match=pattern):
         TaskSpec.from_dict(spec)
+
+
+@torch.no_grad()
+def test_greedy_vqa_and_captions_equal_a_step_by_step_argmax(tok, bank):
+    """predict() in a batch equals, per image, the argmax of a full forward pass re-run after every token
+    (no cache, batch 1), stopping at <eos> or max_new_tokens."""
+    from model_helpers import randomize_
+
+    from unimodal.batch import Example, collate
+    from unimodal.layout import Layout, Text
+
+    torch.manual_seed(0)
+    m = randomize_(create_model("tiny", token_dim=V.token_dim, vocab_size=tok.vocab_size), std=0.05).eval()
+    vqa, cap = get_task_class("vqa")(V, tok), get_task_class("captioning")(V, tok)
+    questions = ["what color is the shape?", "is there a circle?", "what shape is it?"]
+
+    def by_hand(task, image, question, max_new):
+        ids: list[int] = []
+        while len(ids) < max_new:
+            segs = task.context(question) + ([Text(ids, loss=False)] if ids else [])
+            logits = m(collate([Example(Layout(segs), image)], V.token_dim)).text_logits[0, -1]
+            nxt = int(logits.argmax())
+            if nxt == tok.eos_id:
+                break
+            ids.append(nxt)
+        return tok.decode(ids).strip()
+
+    images = bank.tokens[:3]
+    got = vqa.predict(m, images, questions, max_new_tokens=5, batch_size=2)  # 2 batches: a full and a partial one
+    assert got == [by_hand(vqa, images[i], q, 5) for i, q in enumerate(questions)]
+    assert cap.predict(m, images, max_new_tokens=6) == [by_hand(cap, images[i], None, 6) for i in range(3)]
+    assert len(set(got)) > 1 or len(set(cap.predict(m, images, max_new_tokens=6))) > 1  # the inputs matter
