@@ -34,7 +34,7 @@ _TEXT_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")  # inside blocks
 
 def side_of(name: str) -> str:
     """'text' or 'visual' for a parameter or module name of the ACDiT (LoRA names included)."""
-    name = name.replace(".base_layer", "")
+    name = name.replace(".base_layer", "") + "."
     if name.startswith(_VISUAL_PREFIXES) or ".adaLN_modulation" in name:
         return "visual"
     return "text"
