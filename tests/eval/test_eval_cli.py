@@ -85,6 +85,16 @@ def test_list_shows_tasks_and_metrics(capsys, task_dir):
     assert main(["eval", "--list", "--include-path", str(task_dir)]) == 0
     out = capsys.readouterr().out
     assert "fmnist_c2i" in out and "t_c2i" in out and "vqa_accuracy" in out and "lower is better" in out
+    lines = out.splitlines()
+    row = lambda name: next(x for x in lines if x.split()[:1] == [name])  # noqa: E731
+    # each task row: name, head, dataset/split, its metrics (as its YAML lists them)
+    assert row("easyvqa_vqa").split()[1:] == ["vqa", "easyvqa/test", "vqa_accuracy,", "exact_match"]
+    assert row("fmnist_c2i").split()[1:3] == ["class_to_image", "fashion_mnist/test"]
+    assert row("t_c2i").split()[1:3] == ["class_to_image", "digits/test"]  # the include-path task, its dataset override
+    # each metric row states its direction: FID is the only lower-is-better one of these
+    assert row("fid").split()[1:4] == ["lower", "is", "better,"]
+    for m in ("vqa_accuracy", "class_accuracy", "bleu4", "precision"):
+        assert row(m).split()[1:4] == ["higher", "is", "better,"], m
 
 
 def one_error(capsys) -> str:
