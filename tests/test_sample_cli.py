@@ -179,6 +179,24 @@ def test_video_checkpoint_writes_frame_grid_and_clips(tmp_path):
     assert len(clips) == 2 and clips[0].suffix in (".gif", ".mp4")
 
 
+def test_video_frames_flag_sets_the_length(tmp_path, capsys):
+    vis = VisualConfig(channels=1, image_size=8, patch_size=4, block_h=2, block_w=2, frames=4, frames_per_block=2)
+    m = randomize_(create_model("tiny", token_dim=vis.token_dim, vocab_size=0, num_classes=3, rope_axes=(16, 24, 24)), std=0.02)
+    ck = save_checkpoint(tmp_path / "vid", m, visual=vis)
+    out = tmp_path / "f.png"
+    assert main(["sample", "--checkpoint", str(ck), "--class-label", "1", "--num", "1", "--steps", "2",
+                 "--frames", "6", "--out", str(out)]) == 0
+    assert PILImage.open(out).size == (2 + 6 * (8 + 2), 2 + 8 + 2)  # 6 frames, not the trained 4
+    import imageio.v2 as iio2
+
+    (clip,) = sorted(tmp_path.glob("f_*"))
+    kw = {"format": "FFMPEG"} if clip.suffix == ".mp4" else {}
+    assert len(iio2.mimread(clip, memtest=False, **kw)) == 6
+    assert main(["sample", "--checkpoint", str(ck), "--class-label", "1", "--frames", "5", "--steps", "2",
+                 "--out", str(tmp_path / "g.png")]) == 2
+    assert "multiple of frames_per_block=2" in capsys.readouterr().err
+
+
 def test_latent_checkpoint_without_vae_is_refused(tmp_path, capsys):
     """A latent checkpoint with no VAE recorded needs --vae DIR; given one, the samples are decoded to RGB."""
     from diffusers import AutoencoderKL
