@@ -69,3 +69,26 @@ def test_headline_takes_each_figure_from_its_own_metric():
     assert got == {key: 0.1 + i / 100 for i, key in enumerate(HEADLINE)}
     del tasks["easyvqa_t2i"]
     assert headline({"tasks": tasks})["t2i_fid_in_domain"] is None  # a task not run: n/a, not an error
+
+
+@pytest.mark.slow
+def test_minutes_calibration_divides_the_budget_by_the_measured_step_time(monkeypatch):
+    """A clock that advances 0.25 s per reading: each probe step measures 0.25 s, plus the 10% overhead
+    allowance is 0.275 s, so 1 minute is int(60 / 0.275) = 218 steps and 0.1 s still gets 1 step."""
+    import itertools
+
+    import unimodal.quickstart as qs
+    from unimodal.train.config import TrainConfig
+
+    ticks = itertools.count()
+    monkeypatch.setattr(qs.time, "perf_counter", lambda: next(ticks) * 0.25)
+    cfg = TrainConfig.from_file(qs.config_file("train/easyvqa_tiny.yaml"), ["batch_size=2", "pack_tokens=null"])
+    steps, per_step = qs.calibrate_steps(cfg, 60.0, probe_steps=2)
+    assert per_step == pytest.approx(0.275) and steps == 218
+    assert qs.calibrate_steps(cfg, 0.1, probe_steps=1)[0] == 1
+
+
+def test_minutes_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["quickstart", "--minutes", "0"])
+    assert e.value.code == 2 and "--minutes" in capsys.readouterr().err
