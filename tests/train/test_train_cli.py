@@ -90,6 +90,10 @@ def test_the_easyvqa_recipe_runs_from_the_command_line(tmp_path, capsys):
     ck = load_checkpoint(ck_dir)
     assert ck.used_ema and ck.meta["step"] == 2 and ck.tokenizer_dir is not None
     assert {t["name"] for t in ck.config["tasks"]} == {"text_to_image", "captioning", "vqa"}
+    # the recipe's mixture weights and tokenizer size (configs/train/easyvqa_tiny.yaml) reach the run
+    assert {t["name"]: t["weight"] for t in ck.config["tasks"]} == {"text_to_image": 1.5, "captioning": 1.0, "vqa": 2.0}
+    assert ck.model.cfg.vocab_size == 320 and (ck.model.cfg.n_layer, ck.model.cfg.d_model) == (4, 256)
+    assert ck.config["train"]["batch_size"] == 4 and ck.config["train"]["steps"] == 2  # the command-line overrides
     lines = metrics(out)
     assert [x["step"] for x in lines] == [2]  # log_every 20: the run's last step closes the window
     assert lines[0]["text"] > 0 and lines[0]["diffusion"] > 0
