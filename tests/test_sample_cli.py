@@ -244,3 +244,19 @@ def test_sampling_uses_the_checkpoints_noise_schedule(tmp_path, monkeypatch):
     task = types.SimpleNamespace(generation={"sampler": "ddim", "steps": 5, "cfg_scale": 2.0, "batch_size": 8})
     s = sampling_of(task, types.SimpleNamespace(checkpoint=load_checkpoint(ck_dir)))
     assert (s.sampler, s.steps, s.cfg_scale, s.schedule) == ("ddim", 5, 2.0, sched)
+
+
+def test_bad_device_is_refused_before_loading(class_ckpt, tmp_path, capsys, monkeypatch):
+    import torch as _torch
+
+    for dev, msg in (("tpu", "'tpu' is not a device: use cpu, cuda or cuda:N"), ("cuda:x", "is not a device")):
+        with pytest.raises(SystemExit) as e:
+            main(["sample", "--checkpoint", str(class_ckpt), "--class-label", "1", "--device", dev,
+                  "--out", str(tmp_path / "g.png")])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+    monkeypatch.setattr(_torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        main(["sample", "--checkpoint", str(class_ckpt), "--class-label", "1", "--device", "cuda",
+              "--out", str(tmp_path / "g.png")])
+    assert "no CUDA device is available on this machine; use --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()
