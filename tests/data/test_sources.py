@@ -265,3 +265,41 @@ def test_tokenizer_training_reads_the_tasks_dataset_options(tmp_path: Path) -> N
                           tokenizer={"vocab_size": 300})
     tok = build_tokenizer(cfg)
     assert "zebra" in tok.decode(tok.encode("zebra"))
+
+
+def test_eval_tasks_run_on_a_files_source(tmp_path: Path, tok, tmp_path_factory) -> None:
+    """VQA and captioning eval tasks read a parquet source (train/test files) through the same column mapping."""
+    from unimodal.checkpoint import save_checkpoint
+    from unimodal.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, rows in (("train", range(12)), ("test", range(12, 16))):
+        pq.write_table(pa.table({"img": [{"bytes": png(i), "path": None} for i in rows], "desc": [caption(i) for i in rows],
+                                 "question": ["what color is it?"] * len(rows), "answer": [WORDS[i % 3] for i in rows]}),
+                       data / f"{split}.parquet")
+    options = {"path": str(data), "columns": {"image": "img", "caption": "desc"}}
+    specs = [{"name": n, "dataset": "files", "options": options} for n in ("vqa", "captioning")]
+    mix = build_mixture(specs, V, tok, seed=0)
+    torch.manual_seed(0)
+    model = create_model("tiny", token_dim=V.token_dim, vocab_size=tok.vocab_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for step in range(3):
+        loss = compute_loss(model, mix.batch(step, 0, 1, 4), NoiseSchedule(), generator=torch.Generator().manual_seed(step))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    tok_dir = tmp_path / "tok"
+    tok.save(tok_dir)
+    ckpt = save_checkpoint(tmp_path / "ckpt", model.eval(), visual=V, tokenizer_dir=tok_dir, extra={"tasks": specs})
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name, head, metrics in (("my_vqa", "vqa", "[vqa_accuracy]"), ("my_caption", "captioning", "[bleu4]")):
+        (tasks / f"{name}.yaml").write_text(f"name: {name}\nversion: 1\ndescription: test\nhead: {head}\ndataset: files\n"
+                                            f"split: test\noptions: {json.dumps(options)}\nnum_samples: 4\nseed: 0\n"
+                                            f"generation: {{max_new_tokens: 4, batch_size: 4}}\nmetrics: {metrics}\n")
+    out = tmp_path / "results.json"
+    assert main(["eval", "--checkpoint", str(ckpt), "--tasks", "my_vqa,my_caption", "--output", str(out),
+                 "--include-path", str(tasks), "--no-progress"]) == 0
+    results = json.loads(out.read_text())["tasks"]
+    assert 0 <= results["my_vqa"]["metrics"]["vqa_accuracy"] <= 100 and results["my_caption"]["metrics"]["bleu4"] >= 0

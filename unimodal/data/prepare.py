@@ -54,7 +54,22 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 INTENT = "prepare.json"
 DTYPES = ("float16", "float32")
-OPEN_SHARDS = 64  # shards a reader keeps open (file descriptors and memory maps)
+OPEN_TABLES = 4096  # shards whose memory-mapped table a reader keeps (no file descriptor each)
+
+
+def _open_files_limit(wanted: int) -> int:
+    """File descriptors a reader may keep open: raises the soft limit toward `wanted` (up to the hard limit)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted + 256 if hard == resource.RLIM_INFINITY else min(hard, wanted + 256)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return max(16, (soft if soft != resource.RLIM_INFINITY else wanted + 256) - 128)
 
 
 # ---- the source spec ------------------------------------------------------------------------------------
@@ -310,7 +325,9 @@ def prepare(
     if visual.vae_dir:
         from unimodal.tasks.base import bank_vae
 
-        vae = bank_vae(visual)
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        device = f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+        vae = bank_vae(visual, device)  # each torchrun rank encodes on its own GPU
         intent["vae"] = {"dir": str(visual.vae_dir), "fingerprint": vae_fingerprint(visual.vae_dir),
                          "scaling_factor": vae.scaling_factor, "shift_factor": vae.shift_factor}
     tok = None
@@ -464,6 +481,7 @@ class PreparedData:
         if visual is not None:
             self.check_visual(visual)
         self.counts = np.cumsum([0] + [s["records"] for s in m["shards"]])
+        self.open_files = _open_files_limit(len(m["shards"]))  # one descriptor per shard: no reopening in a random order
         self.encoding = m["encoding"]
         self.columns = [c for c in m["shards"][0]["schema"] if c not in ("position", "pixels", "moments", "flip_moments")]
         self._tables: OrderedDict[int, Any] = OrderedDict()  # the most recently read shards stay open (LRU)
@@ -513,7 +531,7 @@ class PreparedData:
 
         with pa.memory_map(str(self.path / self.manifest["shards"][k]["file"])) as mm:
             self._tables[k] = pa.ipc.open_stream(mm).read_all()  # zero-copy: the buffers keep the map alive
-        if len(self._tables) > OPEN_SHARDS:
+        if len(self._tables) > OPEN_TABLES:
             self._tables.popitem(last=False)
         return self._tables[k]
 
@@ -531,7 +549,7 @@ class PreparedData:
             self._fds.move_to_end(k)
         else:
             self._fds[k] = os.open(self.path / shard["file"], os.O_RDONLY)
-            if len(self._fds) > OPEN_SHARDS:
+            if len(self._fds) > self.open_files:
                 os.close(self._fds.popitem(last=False)[1])
         raw = os.pread(self._fds[k], self.row_bytes, shard["visual_offsets"][name] + i * self.row_bytes)
         return np.frombuffer(raw, self.row_dtype).reshape(self.row_shape)
