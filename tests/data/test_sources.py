@@ -247,10 +247,12 @@ def test_records_captions_train_captioning_and_a_wrong_column_says_why(tmp_path:
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"image": "a.png", "text": caption(i)}) for i in range(3)))
     mix = build_mixture([{"name": "captioning", "dataset": "records", "options": {"path": str(tmp_path)}}], V, tok)
     assert mix.batch(0, 0, 1, 2).text_ids.shape[0] == 2
-    (tmp_path / "q.jsonl").write_text(json.dumps({"image": "a.png", "question": "q?", "answer": "a"}))
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "a.png").write_bytes(png(0))
+    (tmp_path / "q" / "train.jsonl").write_text(json.dumps({"image": "a.png", "question": "q?", "answer": "a"}))
     with pytest.raises(ConfigError, match=r"no record of .* can train it: it reads the column\(s\) caption but .* has "
                                           r"\['answer', 'question'\].*columns: \{caption: FIELD\}"):
-        build_mixture([{"name": "captioning", "dataset": "records", "options": {"path": str(tmp_path / "q.jsonl")}}], V, tok)
+        build_mixture([{"name": "captioning", "dataset": "records", "options": {"path": str(tmp_path / "q")}}], V, tok)
 
 
 def test_tokenizer_training_reads_the_tasks_dataset_options(tmp_path: Path) -> None:
@@ -303,3 +305,13 @@ def test_eval_tasks_run_on_a_files_source(tmp_path: Path, tok, tmp_path_factory)
                  "--include-path", str(tasks), "--no-progress"]) == 0
     results = json.loads(out.read_text())["tasks"]
     assert 0 <= results["my_vqa"]["metrics"]["vqa_accuracy"] <= 100 and results["my_caption"]["metrics"]["bleu4"] >= 0
+
+
+def test_a_single_records_file_is_not_every_split(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(png(0))
+    (tmp_path / "mine.jsonl").write_text(json.dumps({"image": "a.png", "text": "x"}) + "\n")
+    assert len(load_dataset("records", None, path=str(tmp_path / "mine.jsonl"))) == 1
+    with pytest.raises(DataError, match=r"mine\.jsonl is one file, not split 'test'"):
+        load_dataset("records", "test", path=str(tmp_path / "mine.jsonl"))
+    (tmp_path / "test.jsonl").write_text(json.dumps({"image": "a.png", "text": "y"}) + "\n")
+    assert load_dataset("records", "test", path=str(tmp_path / "test.jsonl"))["text"] == ["y"]

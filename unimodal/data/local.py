@@ -9,7 +9,10 @@ imagefolder: `path/<class>/<image>`; `split="x"` reads `path/x/<class>/<image>`.
     file (path relative to the folder read).
 
 records: a parquet or JSON-lines file (`.parquet`, `.jsonl`, `.json`); with
-    `split="x"` and a directory `path`, the file `path/x.{parquet,jsonl,json}`.
+    `split="x"` and a directory `path`, the file `path/x.{parquet,jsonl,json}`. A file `path`
+    is read for `split=None`, or for a split its name starts with (`x.jsonl`, `x-0.parquet`);
+    any other split is an error, never the same file again. (The `files` dataset,
+    `unimodal.data.sources`, reads more formats, renames fields and declares splits.)
     Each record has `image` plus either `text` (kind "caption") or `question` and
     `answer` (kind "vqa"). `image` is a path (relative paths are relative to the
     records file), raw bytes, or a `{"bytes": ..., "path": ...}` dict as written
@@ -155,7 +158,13 @@ class ImageFolder(DatasetSource):
 def _records_file(path: str | os.PathLike, split: str | None) -> Path:
     p = Path(path)
     if p.is_file():
-        return p  # a file is the split, whatever its name
+        # one file is one split: split=None reads it; a named split must be in its name (train.jsonl,
+        # train-00000-of-00002.parquet), never silently the same file for every split
+        if split is not None and not (p.stem == split or any(p.name.startswith(split + sep) for sep in "-_.")):
+            raise DataError(f"records path {p} is one file, not split {split!r}: name it {split}.jsonl (or {split}-*), "
+                            "point path at a folder of <split> files, pass split=None (split: null), or use the "
+                            "files dataset with splits= / split_column= / holdout=")
+        return p
     check_path(p, "records path", kind="dir")
     if split is None:
         raise DataError(
