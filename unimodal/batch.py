@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Hashable, Sequence
 
 import numpy as np
 import torch
 
-from .layout import IGNORE, Layout, LayoutError, pack
+from .layout import IGNORE, PAD_DOC, Layout, LayoutError, pack
+
+# the fields that make up a batch's layout (what masks, positions and plans are derived from)
+LAYOUT_FIELDS = ("unit", "noisy", "doc", "modality", "pos", "block_slot", "text_target")
 
 
 @dataclass
@@ -37,6 +40,10 @@ class SequenceBatch:
     block_slot (B, L) long: for a noisy token, its block's slot in t / y; -1 elsewhere.
     t (B, NB) long: diffusion timestep of each noisy block; y (B, NB) long: class label (-1 = null).
     text_target (B, L) long: next-token target, IGNORE (-100) where nothing is predicted.
+    layout_key: a hashable host-side identity of the layout fields (`collate` sets it from the
+        examples' segments and the row length), or None. Equal keys promise equal layout fields,
+        so per-layout tables (mask, rotary tables, `BatchPlan`) are built once per key and reused
+        without reading the tensors back to the host. `replace` of a layout field drops it.
     """
 
     text_ids: torch.Tensor
@@ -50,6 +57,7 @@ class SequenceBatch:
     t: torch.Tensor
     y: torch.Tensor
     text_target: torch.Tensor
+    layout_key: Hashable | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -59,6 +67,9 @@ class SequenceBatch:
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if not isinstance(v, torch.Tensor):
+                out[f.name] = v
+                continue
             v = v.to(device)
             if dtype is not None and v.is_floating_point():
                 v = v.to(dtype)
@@ -66,7 +77,24 @@ class SequenceBatch:
         return SequenceBatch(**out)
 
     def replace(self, **changes: torch.Tensor) -> "SequenceBatch":
+        """A copy with some fields changed; changing a layout field drops `layout_key` unless one is given."""
+        if "layout_key" not in changes and any(k in LAYOUT_FIELDS for k in changes):
+            changes["layout_key"] = None
         return dataclasses.replace(self, **changes)
+
+    def select_columns(self, cols: torch.Tensor | slice, key: Hashable | None = None) -> "SequenceBatch":
+        """The batch restricted to sequence positions `cols` (an index tensor or a slice) of every row."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("t", "y", "layout_key"):
+                out[f.name] = v
+            elif isinstance(cols, slice):
+                out[f.name] = v[:, cols]
+            else:
+                out[f.name] = v.index_select(1, cols)
+        out["layout_key"] = key
+        return SequenceBatch(**out)
 
     def token_t(self) -> torch.Tensor:
         """(B, L) timestep of each token's block (0 where not noisy)."""
@@ -126,7 +154,121 @@ def collate(
         t=torch.zeros(B, NB, dtype=torch.long),
         y=y,
         text_target=stack("text_target"),
+        layout_key=("collate", L, tuple(tuple(e.layout.key for e in row) for row in rows)),
     )
 
 
-__all__ = ["Example", "SequenceBatch", "collate", "IGNORE"]
+@dataclass(frozen=True)
+class BatchPlan:
+    """Host-side facts of one batch layout, derived once per `layout_key` (docs/architecture.md, "SCAM").
+
+    keep: sorted columns that some loss output depends on: noisy tokens, text tokens with a
+        target, and the clean tokens they may attend. A clean token is read iff, in its document,
+        unit < the largest noisy unit or unit <= the largest unit of a clean output. Everything else
+        (the last clean visual block of a pure visual sequence, padding) feeds nothing the loss reads.
+        None when every column is kept.
+    split: (s, NB, bs) when, after `keep`, every row holds its NB noisy blocks of bs tokens each as
+        the columns s .. s + NB·bs in slot order (a clean stream then a noisy stream, as every
+        single-document layout is); None otherwise. The backbone then modulates the noisy stream by
+        broadcasting one vector per block instead of gathering one per token.
+    clean_outputs: some clean token is a loss output (a text target) after `keep`.
+    has_text: some kept column is a text token.
+    n_noisy, n_text_targets: how many noisy tokens and text targets the batch holds.
+    """
+
+    keep: tuple[int, ...] | None
+    split: tuple[int, int, int] | None
+    clean_outputs: bool
+    has_text: bool
+    n_noisy: int = 0  # noisy tokens (all rows)
+    n_text_targets: int = 0  # text positions with a target (all rows)
+
+
+def _plan_arrays(unit: np.ndarray, noisy: np.ndarray, doc: np.ndarray, modality: np.ndarray,
+                 block_slot: np.ndarray, text_target: np.ndarray, n_slots: int, prune: bool) -> BatchPlan:
+    from .layout import TEXT
+
+    out = noisy | (text_target != IGNORE)
+    read = out.copy()
+    if prune:
+        for b in range(unit.shape[0]):
+            for d in np.unique(doc[b]):
+                if d == PAD_DOC:
+                    continue
+                m = doc[b] == d
+                nz, co = m & noisy[b], m & out[b] & ~noisy[b]
+                n_max = unit[b][nz].max() if nz.any() else np.iinfo(np.int64).min
+                c_max = unit[b][co].max() if co.any() else np.iinfo(np.int64).min
+                read[b] |= m & ~noisy[b] & ((unit[b] < n_max) | (unit[b] <= c_max))
+        cols = np.nonzero(read.any(0))[0]
+    else:
+        cols = np.arange(unit.shape[1])
+    keep = None if len(cols) == unit.shape[1] else tuple(int(c) for c in cols)
+    noisy, slot, out = noisy[:, cols], block_slot[:, cols], out[:, cols]
+    split = None
+    n = int(noisy[0].sum())
+    if n_slots > 0 and n > 0 and n % n_slots == 0 and (noisy.sum(1) == n).all():
+        s, bs = int(np.argmax(noisy[0])), n // n_slots
+        want = np.zeros_like(noisy)
+        want[:, s : s + n] = True
+        exp_slot = np.arange(n) // bs
+        if (noisy == want).all() and (slot[:, s : s + n] == exp_slot).all():
+            split = (s, n_slots, bs)
+    return BatchPlan(keep, split, bool((out & ~noisy).any()), bool((modality[:, cols] == TEXT).any()),
+                     int(noisy.sum()), int((text_target[:, cols] != IGNORE).sum()))
+
+
+_PLANS: dict[tuple, BatchPlan] = {}
+_PLANS_MAX = 256
+
+
+def batch_plan(batch: SequenceBatch, prune: bool = True) -> BatchPlan:
+    """The `BatchPlan` of a batch: cached per `layout_key`; without a key, derived from its tensors.
+
+    Deriving reads the layout fields to the host (one device sync on an accelerator); a batch with
+    a key pays that once per distinct layout.
+    """
+    key = None if batch.layout_key is None else (batch.layout_key, int(batch.t.shape[1]), prune)
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        arrays = [getattr(batch, n).detach().cpu().numpy() for n in ("unit", "noisy", "doc", "modality", "block_slot", "text_target")]
+        plan = _plan_arrays(*arrays, n_slots=int(batch.t.shape[1]), prune=prune)
+        if key is not None:
+            if len(_PLANS) >= _PLANS_MAX:
+                _PLANS.pop(next(iter(_PLANS)))
+            _PLANS[key] = plan
+    return plan
+
+
+_KEEP_INDEX: dict[tuple, torch.Tensor] = {}
+
+
+def keep_columns(plan: BatchPlan, device: torch.device) -> torch.Tensor | slice:
+    """`plan.keep` as a slice when contiguous, else as an index tensor on `device` (cached)."""
+    lo, hi = plan.keep[0], plan.keep[-1] + 1
+    if hi - lo == len(plan.keep):
+        return slice(lo, hi)
+    ik = (plan.keep, str(device))
+    cols = _KEEP_INDEX.get(ik)
+    if cols is None:
+        if len(_KEEP_INDEX) >= _PLANS_MAX:
+            _KEEP_INDEX.pop(next(iter(_KEEP_INDEX)))
+        cols = _KEEP_INDEX[ik] = torch.tensor(plan.keep, device=device)
+    return cols
+
+
+def prune_batch(batch: SequenceBatch) -> tuple[SequenceBatch, BatchPlan]:
+    """The batch without the columns no loss output depends on (see `BatchPlan.keep`), and its plan.
+
+    The pruned batch keeps a layout key of its own, so its tables are cached too. Outputs at the
+    kept columns equal those of the full batch: no kept token attends a dropped one.
+    """
+    plan = batch_plan(batch)
+    if plan.keep is None:
+        return batch, plan
+    key = None if batch.layout_key is None else ("kept", batch.layout_key)
+    pruned = batch.select_columns(keep_columns(plan, batch.unit.device), key)
+    return pruned, batch_plan(pruned, prune=False)
+
+
+__all__ = ["Example", "SequenceBatch", "BatchPlan", "batch_plan", "collate", "prune_batch", "IGNORE"]

@@ -288,6 +288,14 @@ class Layout:
         return len(self.unit)
 
     @property
+    def key(self) -> tuple:
+        """A hashable identity of the segments: equal keys give equal per-token arrays."""
+        def norm(v: object) -> object:
+            return tuple(v) if isinstance(v, (list, np.ndarray)) else v
+
+        return tuple((type(s).__name__, *(norm(v) for v in s.__dict__.values())) for s in self.segments)
+
+    @property
     def noisy_spans(self) -> list[BlockSpan]:
         return [b for b in self.blocks if b.noisy is not None]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..batch import SequenceBatch
+from ..batch import BatchPlan, SequenceBatch, batch_plan, prune_batch
 from ..errors import LayoutError
 from ..layout import IGNORE
 from .schedule import NoiseSchedule
@@ -51,6 +51,14 @@ def noise_batch(
     return noised.replace(visual=x_t), schedule.target(x0, noise, t_tok)
 
 
+def _select(x: torch.Tensor, plan: BatchPlan, full: SequenceBatch) -> torch.Tensor:
+    """Columns of a (B, L, ...) tensor of the full batch kept by `prune_batch` (same rule, same order)."""
+    from ..batch import keep_columns
+
+    cols = keep_columns(batch_plan(full), x.device)
+    return x[:, cols] if isinstance(cols, slice) else x.index_select(1, cols)
+
+
 def compute_loss(
     model: torch.nn.Module,
     batch: SequenceBatch,
@@ -59,29 +67,45 @@ def compute_loss(
     generator: torch.Generator | None = None,
     t: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    prune: bool | None = None,
 ) -> dict[str, torch.Tensor]:
     """Total loss and its parts for one batch.
+
+    No host sync: what the batch holds (noisy tokens, text targets) and which columns the loss reads
+    come from its `BatchPlan`, cached per layout key. `prune` drops the columns nothing read depends on
+    (`batch.prune_batch`); the loss is the same up to float rounding. None: prune when the model (or the
+    module a DeepSpeed engine wraps) says it accepts a pruned batch (`accepts_pruned_batch`, as ACDiT does).
 
     Returns:
         {"loss": weighted total, "diffusion": MSE over noisy tokens, "text": mean CE over
         text targets} — a part is absent when the batch has nothing for it.
     """
     weights = weights or LossWeights()
-    has_noisy = batch.t.shape[1] > 0 and bool(batch.noisy.any())
+    plan = batch_plan(batch)  # host-side facts, cached per layout key (no device sync with a key)
+    has_noisy = batch.t.shape[1] > 0 and plan.n_noisy > 0
+    has_text = plan.n_text_targets > 0
     target = None
     if has_noisy:
         batch, target = noise_batch(batch, schedule, t, noise, generator)
-    has_text = bool((batch.text_target != IGNORE).any())
+    if prune is None:
+        prune = bool(getattr(getattr(model, "module", model), "accepts_pruned_batch", False))
+    if prune:  # drop what no loss output reads (the outputs at kept columns are unchanged)
+        full = batch
+        batch, plan = prune_batch(batch)
+        if target is not None and batch is not full:
+            target = _select(target, plan, full)
     out = model(batch, compute_logits=has_text)
     parts: dict[str, torch.Tensor] = {}
     total = None
     if has_noisy:
         err = (out.eps.float() - target.float()).pow(2).mean(-1)  # (B, L)
-        parts["diffusion"] = err[batch.noisy].mean()
+        m = batch.noisy.to(err.dtype)
+        parts["diffusion"] = (err * m).sum() / m.sum()
         total = weights.diffusion * parts["diffusion"]
     if has_text:
-        sel = batch.text_target != IGNORE
-        parts["text"] = F.cross_entropy(out.text_logits[sel].float(), batch.text_target[sel])
+        logits = out.text_logits
+        parts["text"] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch.text_target.reshape(-1),
+                                        ignore_index=IGNORE)
         total = weights.text * parts["text"] if total is None else total + weights.text * parts["text"]
     if total is None:
         raise LayoutError("batch has neither noisy visual tokens nor text targets: nothing to train")

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..batch import SequenceBatch
+from ..batch import SequenceBatch, batch_plan
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..layout import TEXT
@@ -56,6 +56,9 @@ class AttnContext:
     sin: torch.Tensor
     cache: KVCache | None = None
     update_cache: bool = False
+    split: tuple[int, int, int] | None = None  # (s, NB, bs): noisy blocks at columns s.. (BatchPlan.split)
+    trim_layer: int = -1  # this layer computes outputs only for columns >= split[0] (nothing reads the rest)
+    q_mask: object = None  # the mask rows of those columns
 
 
 _flex_compiled = None
@@ -83,7 +86,8 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = nn.Identity()
         self.proj = nn.Linear(self.n_head * cfg.head_dim, cfg.d_model, bias=cfg.proj_bias)
 
-    def forward(self, x: torch.Tensor, ctx: AttnContext, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: AttnContext, layer: int, q_from: int = 0) -> torch.Tensor:
+        """Attention outputs of the columns q_from.. (every column by default); keys are all of x (and the cache)."""
         B, L, D = x.shape
         if self.n_kv == self.n_head:
             qkv = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
@@ -94,17 +98,23 @@ class Attention(nn.Module):
             k = k.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
             v = v.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        mask = ctx.mask
+        if q_from:
+            q = apply_rope(q[:, :, q_from:], ctx.cos[:, q_from:], ctx.sin[:, q_from:])
+            k = apply_rope(k, ctx.cos, ctx.sin)
+            mask = ctx.q_mask
+        else:
+            q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
         if ctx.cache is not None:
             k, v = ctx.cache.keys_values(layer, k, v, ctx.update_cache)  # (B, Hkv, S+L, hd)
         if self.n_kv != self.n_head:  # query head i reads key/value head i // (H / Hkv)
             k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
         if ctx.backend == "flex":
-            y = _flex_attention(q, k, v, ctx.mask)
+            y = _flex_attention(q, k, v, mask)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask)  # (B, H, L, hd)
-        return self.proj(y.transpose(1, 2).reshape(B, L, self.n_head * self.head_dim))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, Lq, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, q.shape[2], self.n_head * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -141,11 +151,63 @@ class Block(nn.Module):
         if c is None:  # no noisy token: the plain (clean) path
             x = x + self.attn(self.norm1(x), ctx, layer)
             return x + self.mlp(self.norm2(x))
+        if ctx.split is not None:
+            return self._forward_split(x, c, ctx, layer)
         mod = per_token(self.adaLN_modulation(c), slot, noisy)  # (B, L, 6D), zeros on clean tokens
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
         ungated = (~noisy)[..., None].to(x.dtype)  # clean tokens: gate 1
         x = x + (gate_msa + ungated) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), ctx, layer)
         return x + (gate_mlp + ungated) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+    def _forward_split(self, x: torch.Tensor, c: torch.Tensor, ctx: AttnContext, layer: int) -> torch.Tensor:
+        """The same block when the noisy stream is NB blocks of bs tokens at columns s.. (BatchPlan.split).
+
+        One modulation vector per block is broadcast over its tokens (no per-token gather), and the
+        clean columns pass unmodulated and ungated, as in the general path. On the trimmed layer only
+        columns s.. are computed (returned): their keys/values still come from every column.
+        """
+        s, nb, bs = ctx.split
+        mod = self.adaLN_modulation(c)[:, :, None]  # (B, NB, 1, 6D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
+        q0 = s if layer == ctx.trim_layer else 0
+        h = _on_noisy(self.norm1(x), s, nb, bs, lambda t: torch.addcmul(shift_msa, t, 1 + scale_msa))
+        a = self.attn(h, ctx, layer, q0)
+        x = x[:, q0:]
+        x = x + _on_noisy(a, s - q0, nb, bs, lambda t: gate_msa * t)
+        h = _on_noisy(self.norm2(x), s - q0, nb, bs, lambda t: torch.addcmul(shift_mlp, t, 1 + scale_mlp))
+        return x + _on_noisy(self.mlp(h), s - q0, nb, bs, lambda t: gate_mlp * t)
+
+
+def _on_noisy(x: torch.Tensor, s: int, nb: int, bs: int, fn) -> torch.Tensor:  # noqa: ANN001
+    """x with fn applied to its noisy columns s .. s + nb·bs, seen as (B, nb, bs, D); other columns as they are."""
+    B, L, D = x.shape
+    n = nb * bs
+    y = fn(x[:, s : s + n].reshape(B, nb, bs, D)).reshape(B, n, D)
+    if s == 0 and L == n:
+        return y
+    return torch.cat([x[:, :s], y, x[:, s + n :]], dim=1)
+
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def bf16_supported(device: torch.device | str | None = None) -> bool:
+    """Fast bf16 matmuls here: a CUDA GPU with bf16, or a CPU with AMX or AVX512-BF16."""
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's feature probes
+    return any(bool(getattr(torch.cpu, c, lambda: False)()) for c in checks)
+
+
+def resolve_precision(precision: str, device: torch.device | str | None = None) -> str:
+    """"fp32" / "bf16" as given; "auto": bf16 where `bf16_supported`, else fp32."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r} is invalid: must be one of {PRECISIONS}")
+    if precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return precision
 
 
 def per_token(per_block: torch.Tensor, slot: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
@@ -212,9 +274,13 @@ class ModelOutput:
 class ACDiT(nn.Module):
     """The unified backbone. A plain nn.Module: no trainer, sampler or file I/O."""
 
+    accepts_pruned_batch = True  # compute_loss may drop the columns no output reads (batch.prune_batch)
+    precision = "fp32"  # "fp32" or "bf16" (see set_precision); an instance attribute once set
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self._tables: dict[tuple, tuple] = {}  # layout_key -> (mask, cos, sin), see layout_tables
         D = cfg.d_model
         self.x_embedder = nn.Linear(cfg.token_dim, D, bias=False)
         self.t_embedder = TimestepEmbedder(D, cfg.freq_dim)
@@ -265,24 +331,45 @@ class ACDiT(nn.Module):
         return b
 
     def condition(self, batch: SequenceBatch) -> torch.Tensor | None:
-        """(B, NB, D) condition per noisy block: t embedding + class embedding."""
-        if batch.t.shape[1] == 0 or not bool(batch.noisy.any()):
+        """(B, NB, D) condition per noisy block: t embedding + class embedding (None without block slots)."""
+        if batch.t.shape[1] == 0:
             return None
         c = self.t_embedder(batch.t)
         if self.y_embedder is not None:
             c = c + self.y_embedder(batch.y)
         return c
 
-    def embed(self, batch: SequenceBatch) -> torch.Tensor:
-        """(B, L, D) input embeddings: token embedding at text, shared linear at visual tokens."""
+    def embed(self, batch: SequenceBatch, has_text: bool = True) -> torch.Tensor:
+        """(B, L, D) input embeddings: token embedding at text, shared linear at visual tokens.
+
+        `has_text=False` (known from the batch plan) skips the token embedding; no host sync either way.
+        """
         dtype = self.x_embedder.weight.dtype
         x = self.x_embedder(batch.visual.to(dtype))  # (B, L, D); padding/text rows overwritten below
         is_text = batch.modality == TEXT
-        if self.tok_embeddings is not None and bool(is_text.any()):
+        if self.tok_embeddings is not None and has_text:
             x = torch.where(is_text[..., None], self.tok_embeddings(batch.text_ids * is_text), x)
         return x
 
-    def forward(
+    def set_precision(self, precision: str) -> "ACDiT":
+        """Select the compute precision of forward: "fp32", "bf16" or "auto" (bf16 where the hardware has it).
+
+        bf16 is mixed precision: the weights stay fp32 (the optimizer's master copy), matmuls and
+        attention run in bf16 under `torch.autocast`, while RMSNorm, the rotary tables, softmax
+        statistics (kept fp32 inside SDPA/flex) and the loss (compute_loss upcasts) stay fp32.
+        """
+        self.precision = resolve_precision(precision)
+        return self
+
+    def forward(self, batch: SequenceBatch, *args, **kwargs) -> ModelOutput:  # noqa: ANN002, ANN003
+        """Run the backbone at `self.precision` (see `forward_fp` for the arguments)."""
+        if self.precision == "bf16":
+            with torch.autocast(batch.unit.device.type, dtype=torch.bfloat16):
+                out = self.forward_fp(batch, *args, **kwargs)
+            return ModelOutput(*(None if v is None else v.float() for v in (out.text_logits, out.eps)), out.hidden)
+        return self.forward_fp(batch, *args, **kwargs)
+
+    def forward_fp(
         self,
         batch: SequenceBatch,
         cache: KVCache | None = None,
@@ -302,19 +389,22 @@ class ACDiT(nn.Module):
         for i in hidden_layers:
             if not 0 <= i <= self.cfg.n_layer:
                 raise ConfigError(f"hidden layer {i} out of range: valid are 0..{self.cfg.n_layer}")
-        x = self.embed(batch)  # (B, L, D)
+        plan = batch_plan(batch, prune=False) if batch.layout_key is not None and cache is None else None
+        x = self.embed(batch, has_text=plan is None or plan.has_text)  # (B, L, D)
         c = self.condition(batch)  # (B, NB, D) or None
-        cos, sin = rope_tables(batch.pos, self.cfg.rope_axes, self.cfg.rope_theta, self.cfg.rope_style,
-                               self.cfg.rope_freqs, self.cfg.rope_scaling)
         backend = self.attention_backend(x.device, cache is not None)
         if cache is not None:
+            cos, sin = self._rope(batch.pos)
             k_meta = cache.meta_with(batch.unit, batch.noisy, batch.doc)
             mask = dense_mask(batch.unit, batch.noisy, batch.doc, *k_meta)[:, None]  # (B, 1, Lq, S+Lq)
-        elif backend == "flex":
-            mask = scam_block_mask(batch.unit, batch.noisy, batch.doc)
         else:
-            mask = dense_mask(batch.unit, batch.noisy, batch.doc)[:, None]  # (B, 1, L, L)
-        ctx = AttnContext(backend, mask, cos, sin, cache, update_cache)
+            mask, cos, sin = self.layout_tables(batch, backend)
+        split = plan.split if plan is not None and c is not None else None
+        # the last layer's clean columns feed nothing when only eps is read (no text out, no hidden states)
+        trim = (split is not None and not hidden_layers and split[0] > 0
+                and not (plan.has_text and compute_logits) and backend == "sdpa")
+        ctx = AttnContext(backend, mask, cos, sin, cache, update_cache, split,
+                          self.cfg.n_layer - 1 if trim else -1, mask[:, :, split[0]:] if trim else None)
         hidden = {0: x} if 0 in hidden_layers else {}
         for i, blk in enumerate(self.blocks):
             x = blk(x, c, batch.block_slot, batch.noisy, ctx, i)
@@ -324,19 +414,53 @@ class ACDiT(nn.Module):
             cache.commit_meta(batch.unit, batch.noisy, batch.doc)
 
         eps = None
-        if c is not None:
-            idx = batch.noisy.nonzero(as_tuple=True)
-            c_tok = per_token(c, batch.block_slot, batch.noisy)[idx]  # (N, D)
-            eps = x.new_zeros(*x.shape[:2], self.cfg.token_dim)
-            eps[idx] = self.final_layer(x[idx], c_tok).to(eps.dtype)
+        fl = self.final_layer
+        B, L = batch.unit.shape
+        if split is not None:
+            s0, nb, bs = split
+            xs = x[:, : nb * bs] if trim else x[:, s0 : s0 + nb * bs]  # trimmed: x holds columns s0.. only
+            shift, scale = fl.adaLN_modulation(c)[:, :, None].chunk(2, dim=-1)  # (B, NB, 1, D)
+            h = torch.addcmul(shift, fl.norm_final(xs).reshape(B, nb, bs, -1), 1 + scale)
+            e = fl.linear(h).reshape(B, nb * bs, -1)
+            eps = torch.cat([e.new_zeros(B, s0, e.shape[-1]), e, e.new_zeros(B, L - s0 - nb * bs, e.shape[-1])], 1)
+        elif c is not None:  # any layout: per-token modulation, zero where not noisy (no host sync)
+            shift, scale = per_token(fl.adaLN_modulation(c), batch.block_slot, batch.noisy).chunk(2, dim=-1)
+            eps = fl.linear(modulate(fl.norm_final(x), shift, scale)) * batch.noisy[..., None].to(x.dtype)
         logits = None
-        if compute_logits and self.tok_embeddings is not None:
+        if compute_logits and self.tok_embeddings is not None and (plan is None or plan.has_text):
             is_text = batch.modality == TEXT
-            if bool(is_text.any()):
+            if plan is not None or bool(is_text.any()):
                 idx = is_text.nonzero(as_tuple=True)
                 logits = x.new_zeros(*x.shape[:2], self.cfg.vocab_size)
                 logits[idx] = self.lm_head(self.text_norm(x[idx])).to(logits.dtype)
         return ModelOutput(logits, eps, hidden)
+
+    def _rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        return rope_tables(pos, cfg.rope_axes, cfg.rope_theta, cfg.rope_style, cfg.rope_freqs, cfg.rope_scaling)
+
+    def layout_tables(self, batch: SequenceBatch, backend: str) -> tuple[object, torch.Tensor, torch.Tensor]:
+        """(mask, cos, sin) of an uncached forward: built once per `batch.layout_key` and device, then reused.
+
+        The SDPA mask is the dense SCAM mask (B, 1, L, L); flex gets a BlockMask built from the same rule.
+        A batch without a key gets fresh tables (nothing is hashed or read back to the host).
+        """
+        key = None
+        if batch.layout_key is not None:
+            key = (batch.layout_key, str(batch.unit.device), backend)
+            hit = self._tables.get(key)
+            if hit is not None:
+                return hit
+        cos, sin = self._rope(batch.pos)
+        if backend == "flex":
+            mask = scam_block_mask(batch.unit, batch.noisy, batch.doc, key=key)
+        else:
+            mask = dense_mask(batch.unit, batch.noisy, batch.doc)[:, None]  # (B, 1, L, L)
+        if key is not None:
+            if len(self._tables) >= 32:
+                self._tables.pop(next(iter(self._tables)))
+            self._tables[key] = (mask, cos, sin)
+        return mask, cos, sin
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
