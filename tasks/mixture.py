@@ -301,7 +301,24 @@ def build_tokenizer(train_cfg: Any) -> Any:
             texts.extend(_prepared_texts(options))
             continue
         texts.extend(dataset_texts(load_dataset(name, split, **options)))
-    return TextTokenizer.train(texts, vocab_size=vocab)
+    tok = TextTokenizer.train(texts, vocab_size=vocab)
+    warn_byte_heavy(tok, texts)
+    return tok
+
+
+def warn_byte_heavy(tok: Any, texts: list[str], sample: int = 2000) -> None:
+    """Warn when most of the vocabulary is byte pieces (256 always are): texts then run long, nearly per character."""
+    import warnings
+
+    learned = tok.vocab_size - 256 - 6
+    if learned >= tok.vocab_size // 2:
+        return
+    some = [t for t in texts[:sample] if t]
+    per_text = sum(len(tok.encode(t)) for t in some) / max(1, len(some))
+    per_char = sum(len(tok.encode(t)) for t in some) / max(1, sum(len(t) for t in some))
+    warnings.warn(f"tokenizer: 256 of its {tok.vocab_size} pieces are byte pieces and only {learned} are learned, so a text "
+                  f"averages {per_text:.1f} tokens ({per_char:.2f} per character); raise tokenizer.vocab_size "
+                  "(e.g. 1024+) if the corpus allows, or give tokenizer.path", stacklevel=2)
 
 
 def _prepared_texts(options: dict[str, Any]) -> list[str]:
