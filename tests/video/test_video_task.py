@@ -164,13 +164,22 @@ def test_progress_samples_show_a_frame_grid_per_step(banks, tmp_path) -> None:
     """The training run's progress page for class→video: two videos of the trained length as a frame grid."""
     from PIL import Image as PILImage
 
+    from unimodal.media import to_uint8_frames
     from unimodal.tasks.progress import ProgressSamples
 
     train, _ = banks
     mix = TaskMixture([(ClassToVideo(VISUAL), 1.0, train)], VISUAL.token_dim, seed=0)
-    shown = ProgressSamples(mix, tmp_path, num=3)(7, video_model(token_dim=VISUAL.token_dim))
+    model = video_model(token_dim=VISUAL.token_dim)
+    shown = ProgressSamples(mix, tmp_path, num=3)(7, model)
     assert shown == tmp_path / "samples" / "step_0000007"
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_0000007"]  # no partial left behind
     page = (shown / "samples.md").read_text()
     assert "## class_to_video (moving_fmnist/train)" in page and "class labels: [0, 1]" in page
-    assert PILImage.open(shown / "0_class_to_video.png").size == (2 + 8 * 34, 2 + 2 * 34)  # 8 frames x 2 videos
+    grid = np.asarray(PILImage.open(shown / "0_class_to_video.png"))
+    assert grid.shape[:2] == (2 + 2 * 34, 2 + 8 * 34)  # 8 frames x 2 videos of 32x32, 2 px gaps
+    # the tiles are this model's videos of classes 0 and 1 with the paper's video sampling settings
+    want = ClassToVideo(VISUAL).generate(model, [0, 1], VisualSampling.paper(video=True, schedule=ScheduleConfig()))
+    for r in range(2):
+        frames = to_uint8_frames(want[r])
+        for c in range(8):
+            assert np.array_equal(grid[2 + 34 * r : 34 + 34 * r, 2 + 34 * c : 34 + 34 * c], frames[c]), (r, c)
