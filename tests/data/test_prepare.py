@@ -224,3 +224,16 @@ def test_cli_prepare_then_train_a_few_steps(tmp_path: Path, capsys) -> None:
                       tasks=[{"name": "class_to_image", "dataset": "prepared", "options": {"path": str(tmp_path / "prep")}}])
     res = train(cfg)
     assert len(res.history) == 3 and all(np.isfinite(h["loss"]) for h in res.history)
+
+
+def test_workers_split_the_shards_and_the_last_writes_the_manifest(tmp_path: Path) -> None:
+    """Rank r of w encodes shards k % w == r (torchrun's RANK/WORLD_SIZE or --num-proc); rank 0 writes the manifest."""
+    root = write_folder(tmp_path / "src", n=10)
+    prepare(spec(root), tmp_path / "one", shard_size=3)
+    out = tmp_path / "two"
+    prepare(spec(root), out, shard_size=3, rank=1, world=2)
+    assert sorted(p.name for p in out.glob("shard-*.arrow")) == ["shard-00001.arrow", "shard-00003.arrow"]
+    assert not (out / MANIFEST).exists()
+    prepare(spec(root), out, shard_size=3, rank=0, world=2)
+    one, two = (json.loads((d / MANIFEST).read_text()) for d in (tmp_path / "one", out))
+    assert [s["sha256"] for s in two["shards"]] == [s["sha256"] for s in one["shards"]] and two["records"] == 10

@@ -316,3 +316,14 @@ def test_a_single_records_file_is_not_every_split(tmp_path: Path) -> None:
         load_dataset("records", "test", path=str(tmp_path / "mine.jsonl"))
     (tmp_path / "test.jsonl").write_text(json.dumps({"image": "a.png", "text": "y"}) + "\n")
     assert load_dataset("records", "test", path=str(tmp_path / "test.jsonl"))["text"] == ["y"]
+
+
+def test_fsspec_url_data_files(tmp_path: Path) -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"image": [{"bytes": png(i), "path": None} for i in range(3)], "caption": ["a", "b", "c"]}), buf)
+    fs.pipe("/bucket/train-00000.parquet", buf.getvalue())
+    ds = load_dataset("files", "train", path="memory://bucket/train-*.parquet")
+    assert ds["caption"] == ["a", "b", "c"] and np.asarray(ds[1]["image"]).shape == (14, 20, 3)
