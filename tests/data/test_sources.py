@@ -327,3 +327,24 @@ def test_fsspec_url_data_files(tmp_path: Path) -> None:
     fs.pipe("/bucket/train-00000.parquet", buf.getvalue())
     ds = load_dataset("files", "train", path="memory://bucket/train-*.parquet")
     assert ds["caption"] == ["a", "b", "c"] and np.asarray(ds[1]["image"]).shape == (14, 20, 3)
+
+
+def test_the_readme_recipes_are_valid_task_entries() -> None:
+    """Every `tasks:` entry of README "Train on your data" parses, and its options are the files source's."""
+    import inspect
+
+    import yaml
+
+    from unimodal.data.sources import Files
+    from unimodal.tasks import TaskSpec
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Train on your data", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```yaml", 1)[1].split("```", 1)[0]
+    entries = yaml.safe_load(block)
+    assert len(entries) == 6
+    valid = set(inspect.signature(Files.resolve_options).parameters) - {"self", "split"}
+    for entry in entries:
+        spec = TaskSpec.from_dict(entry)
+        get_task_class(spec.name)
+        assert spec.dataset == "files" and set(spec.options) <= valid, entry
