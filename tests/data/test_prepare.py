@@ -237,3 +237,27 @@ def test_workers_split_the_shards_and_the_last_writes_the_manifest(tmp_path: Pat
     prepare(spec(root), out, shard_size=3, rank=0, world=2)
     one, two = (json.loads((d / MANIFEST).read_text()) for d in (tmp_path / "one", out))
     assert [s["sha256"] for s in two["shards"]] == [s["sha256"] for s in one["shards"]] and two["records"] == 10
+
+
+def test_text_heads_and_the_tokenizer_read_prepared_shards_and_bad_records_are_counted(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from unimodal.tasks import build_tokenizer
+
+    root = write_folder(tmp_path / "src", n=8)
+    with open(root / "train.jsonl", "a") as f:
+        f.write('{"image": "img/missing.png", "caption": "gone"}\n{"image": "img/0.png"}\n')
+    with pytest.raises(Exception, match=r"train\.jsonl:9, field 'image': file .*missing\.png does not exist"):
+        prepare(spec(root), tmp_path / "strict", shard_size=4)
+    s = spec(root)
+    s["options"]["on_bad_record"] = "skip"
+    with pytest.warns(UserWarning, match=r"skipped 2 bad record\(s\), kept 8"):
+        prepare(s, tmp_path / "prep", shard_size=4)
+    m = json.loads((tmp_path / "prep" / MANIFEST).read_text())
+    assert (m["records"], m["skipped"]) == (8, 2)
+    tasks = [{"name": n, "dataset": "prepared", "options": {"path": str(tmp_path / "prep")}} for n in ("captioning", "text_to_image")]
+    with pytest.warns(UserWarning, match="byte pieces"):
+        tok = build_tokenizer(SimpleNamespace(tasks=tasks, tokenizer={"vocab_size": 290}))
+    mix = build_mixture(tasks, VisualConfig(**PIXELS), tok, seed=0)
+    batch = mix.batch(0, 0, 1, 4)
+    assert batch.text_ids.shape[0] == 4 and (batch.text_target >= 0).any()
