@@ -261,3 +261,32 @@ def test_text_heads_and_the_tokenizer_read_prepared_shards_and_bad_records_are_c
     mix = build_mixture(tasks, VisualConfig(**PIXELS), tok, seed=0)
     batch = mix.batch(0, 0, 1, 4)
     assert batch.text_ids.shape[0] == 4 and (batch.text_target >= 0).any()
+
+
+def test_imagenet_protocol_at_tiny_scale_prepare_an_image_folder_with_a_vae_then_the_shipped_recipe(tmp_path: Path, vae_dir: Path,
+                                                                                                      capsys) -> None:
+    """`data prepare` of an ImageFolder with a (tiny, random) AutoencoderKL, then `train --config imagenet256_XL.yaml`
+    with the model, visual grid and data overridden to tiny sizes: class->image reads the prepared VAE moments."""
+    rng = np.random.default_rng(0)
+    for c in ("n01440764", "n01443537", "n01484850"):
+        (tmp_path / "imagenet" / "train" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "imagenet" / "train" / c / f"{i}.JPEG")
+    visual = latent_visual(vae_dir)
+    src = {"dataset": "files", "split": "train", "options": {"path": str(tmp_path / "imagenet")},
+           "visual": {k: v for k, v in visual.items() if k != "vae_dir"}}
+    (tmp_path / "imagenet.yaml").write_text(yaml.safe_dump(src))
+    prep = tmp_path / "prepared"
+    assert main(["data", "prepare", "--source", str(tmp_path / "imagenet.yaml"), "--out", str(prep), "--vae", str(vae_dir),
+                 "--shard-size", "5", "--flip"]) == 0
+    assert "prepared 12 records (0 bad skipped) into 3 shard(s) of vae_moments" in capsys.readouterr().out
+    m = json.loads((prep / MANIFEST).read_text())
+    assert m["flip"] and m["vae"]["fingerprint"] and m["shards"][0]["schema"]["label"] == "int64"
+    config = Path(__file__).resolve().parents[2] / "configs" / "train" / "imagenet256_XL.yaml"
+    task = json.dumps({"name": "class_to_image", "dataset": "prepared", "drop_prob": 0.1,
+                       "options": {"path": str(prep), "flip": True}})
+    assert main(["train", "--config", str(config), "model=tiny", f"visual={json.dumps(visual)}", f"tasks=[{task}]",
+                 "batch_size=4", "steps=2", "precision=fp32", "zero_stage=0", f"out_dir={tmp_path / 'run'}", "ckpt_every=2",
+                 "sample_every=0", "log_every=1", "ema_decay=0.9", "progress=false", "tensorboard=false"]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert [r["step"] for r in lines if "loss" in r] == [1, 2] and all(np.isfinite(r["loss"]) for r in lines if "loss" in r)
