@@ -26,7 +26,7 @@ from unimodal.diffusion.schedule import ScheduleConfig
 from unimodal.errors import ConfigError, check_float, suggest
 
 LR_SCHEDULES = ("wsd", "cosine", "constant")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 # Float options: (name, low, high, low_open). Each must be finite and in [low, high] ((low, high] when low_open).
 _FLOAT_RANGES = (
@@ -83,7 +83,9 @@ class TrainConfig:
     decay_frac: float = 0.15  # WSD: share of steps in the final decay (paper: last 15%)
     min_lr_ratio: float = 0.0  # lr at the last step, as a fraction of the peak
     # --- engine ------------------------------------------------------------------------------
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: weights and activations in bf16, fp32 master weights
+    # bf16: mixed precision (ACDiT.set_precision): bf16 matmuls under autocast, fp32 weights (the master copy),
+    # norms, softmax statistics and loss; auto: bf16 where the CPU (AMX/AVX512-BF16) or GPU supports it
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     zero_stage: int | None = None  # ZeRO 0..3; None: the DeepSpeed JSON's stage, else 0
     deepspeed: str | None = None  # DeepSpeed JSON for the other engine knobs: a path or "zero0".."zero3"
     cpu_shm_comm: bool = False  # CPU: use DeepSpeed's shared-memory all-reduce op (30-60 s first compile; set per process)

@@ -48,7 +48,9 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
     ds["gradient_accumulation_steps"] = cfg.grad_accum
     ds["gradient_clipping"] = cfg.clip_grad
     ds.setdefault("zero_optimization", {})["stage"] = cfg.resolved_zero_stage
-    ds["bf16"] = {"enabled": cfg.precision == "bf16"}
+    from ..model.acdit import resolve_precision
+
+    ds["bf16"] = {"enabled": resolve_precision(cfg.precision) == "bf16"}  # "auto": bf16 where the hardware has it
     ds["zero_allow_untested_optimizer"] = True  # the client torch AdamW
     ds.setdefault("steps_per_print", 1_000_000_000)  # the trainer logs; DeepSpeed stays quiet
     ds.setdefault("wall_clock_breakdown", False)

@@ -253,6 +253,7 @@ def train(
         from unimodal.llm_init.recipe import build_model  # init.llm, freeze, lora (plain ACDiT without them)
 
         model, lora = build_model(cfg, model_cfg, load_llm=resume_dir is None)
+        model.set_precision(cfg.precision)  # bf16: autocast matmuls, fp32 master weights (ACDiT.set_precision)
         engine, optimizer = create_engine(model, cfg)
         log: MetricsLog | None = None
         try:
@@ -272,7 +273,7 @@ def train(
 
                 def write_weights(path: Path) -> Path:
                     return save_checkpoint(
-                        path, _Weights(model_cfg, state), ema=ema.state_dict() if ema is not None else None,
+                        path, _Weights(model_cfg, state), ema=ema.state_dict(state) if ema is not None else None,  # frozen: live
                         visual=visual, schedule=schedule.config, tokenizer_dir=tokenizer_dir,
                         extra={"train": cfg.to_dict(), "tasks": cfg.tasks}, meta={"step": step, "world_size": info.world_size},
                         lora=lora,
@@ -287,7 +288,7 @@ def train(
 
             engine.train()
             world, gas, B = info.world_size, cfg.grad_accum, cfg.batch_size
-            own_grad_norm = cfg.resolved_zero_stage == 0 and cfg.precision == "fp32"  # DeepSpeed reports none there
+            own_grad_norm = cfg.resolved_zero_stage == 0 and model.precision == "fp32"  # DeepSpeed reports none there
             grad_norm = None
             for step in range(start, cfg.steps):
                 t0 = time.perf_counter()
@@ -534,8 +535,10 @@ def _run_sample_hook(
     """Rank 0 calls `hook` with a fresh fp32 model holding the EMA (else the live) weights; returns what it returns."""
     if ema is None:
         state = full_state(module, keep=info.is_main)  # a collective under ZeRO-3: every rank takes part
-    elif info.is_main:
-        state = ema.state_dict()
+    else:
+        live = ema.frozen_state(module)  # the weights the EMA does not average (a collective under ZeRO-3)
+        if info.is_main:
+            state = ema.state_dict(live)
     if not info.is_main or hook is None:
         return None
     from unimodal.llm_init.recipe import fresh_model
