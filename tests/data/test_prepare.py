@@ -290,3 +290,63 @@ def test_imagenet_protocol_at_tiny_scale_prepare_an_image_folder_with_a_vae_then
                  "sample_every=0", "log_every=1", "ema_decay=0.9", "progress=false", "tensorboard=false"]) == 0
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if x.strip()]
     assert [r["step"] for r in lines if "loss" in r] == [1, 2] and all(np.isfinite(r["loss"]) for r in lines if "loss" in r)
+
+
+ELASTIC_RANK = """
+import json, sys
+from unimodal.train import TrainConfig, train
+cfg = TrainConfig(**json.loads(sys.argv[1]))
+res = train(cfg, resume=sys.argv[2] if sys.argv[2] != "none" else None)
+"""
+
+
+def _elastic_cfg(prep: Path, out: Path, batch: int, steps: int) -> dict:
+    return dict(model="tiny", model_overrides={"num_classes": 2, "vocab_size": 0}, visual=dict(PIXELS), batch_size=batch,
+                steps=steps, lr=1e-3, warmup_steps=1, ema_decay=0.0, ckpt_every=2, keep_last=0, log_every=1,
+                out_dir=str(out), progress=False, tensorboard=False, sample_every=0, zero_stage=0, precision="fp32",
+                schedule="constant", tasks=[{"name": "class_to_image", "dataset": "prepared", "options": {"path": str(prep)}}])
+
+
+def _launch(cfg: dict, world: int, resume: str = "none") -> None:
+    from unimodal.train.distributed import free_port
+
+    port, procs = str(free_port()), []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-c", ELASTIC_RANK, json.dumps(cfg), resume], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    for rank, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 0, f"rank {rank} failed:\n{log[-3000:]}"
+
+
+def _losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.mark.multiprocess
+def test_elastic_resume_2_to_1_and_1_to_2_processes_continues_the_same_data_order(tmp_path: Path) -> None:
+    """The data order is a function of global sample indices: a ZeRO-0 run checkpointed on N processes resumes on M
+    (same global batch) and continues the uninterrupted run's losses (equal to float error, the reduction order differs)."""
+    from unimodal.train import TrainConfig, train
+
+    root = write_folder(tmp_path / "src", n=12)
+    prep = tmp_path / "prep"
+    prepare(spec(root), prep, shard_size=5)
+    train(TrainConfig(**_elastic_cfg(prep, tmp_path / "full", 4, 4)))
+    full = _losses(tmp_path / "full")
+    # 2 -> 1: two ranks of batch 2 for steps 1-2, then one process of batch 4 resumes for steps 3-4
+    _launch(_elastic_cfg(prep, tmp_path / "two_one", 2, 2), world=2)
+    resumed = train(TrainConfig(**_elastic_cfg(prep, tmp_path / "two_one", 4, 4)), resume="auto")
+    assert [h["step"] for h in resumed.history] == [3, 4]  # it continued from the 2-process checkpoint
+    # 1 -> 2
+    train(TrainConfig(**_elastic_cfg(prep, tmp_path / "one_two", 4, 2)))
+    _launch(_elastic_cfg(prep, tmp_path / "one_two", 2, 4), world=2, resume="auto")
+    meta = json.loads((tmp_path / "one_two" / "checkpoints" / "step_0000004" / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["step"] == 4
+    for run in ("two_one", "one_two"):
+        got = _losses(tmp_path / run)
+        assert sorted(got) == [1, 2, 3, 4]
+        np.testing.assert_allclose([got[s] for s in (1, 2, 3, 4)], [full[s] for s in (1, 2, 3, 4)], rtol=1e-4, atol=1e-6)
