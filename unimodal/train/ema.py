@@ -6,6 +6,11 @@ Works under every ZeRO stage: with ZeRO-3 each parameter is partitioned, so
 `update` gathers the parameters in chunks (`deepspeed.zero.GatheredParameters`)
 on every rank, and only the ranks that `store` the average keep a copy. The
 trainer stores it on rank 0 only: one fp32 copy of the model, not one per rank.
+
+Only trainable parameters (requires_grad) are averaged: a frozen weight never changes,
+so its average is itself, and a LoRA or frozen-text run keeps no copy of the frozen
+LLM. `state_dict(live)` fills the frozen names in from the live weights, so a saved
+EMA is still a full state; `frozen_state(model)` gathers them (a collective under ZeRO-3).
 """
 
 from __future__ import annotations
@@ -64,11 +69,16 @@ class EMA:
         self.decay = decay
         self.store = store
         self.shadow: dict[str, torch.Tensor] = {}
-        for chunk in param_chunks(list(model.named_parameters())):
+        self.frozen = [n for n, p in model.named_parameters() if not p.requires_grad]  # not averaged (see above)
+        for chunk in param_chunks(self._tracked(model)):
             with gathered([p for _, p in chunk]):
                 if store:
                     for name, p in chunk:
                         self.shadow[name] = p.detach().float().clone()  # on the parameter's device
+
+    def _tracked(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+        frozen = set(self.frozen)
+        return [(n, p) for n, p in model.named_parameters() if n not in frozen]
 
     def decay_at(self, step: int | None) -> float:
         """The decay used at optimizer step `step` (1-based): min(decay, (1 + step) / (10 + step)).
@@ -83,20 +93,46 @@ class EMA:
     def update(self, model: torch.nn.Module, step: int | None = None) -> None:
         """shadow ← d·shadow + (1 − d)·param with d = decay_at(step). A collective under ZeRO-3: call it on every rank."""
         d = self.decay_at(step)
-        for chunk in param_chunks(list(model.named_parameters())):
+        for chunk in param_chunks(self._tracked(model)):
             with gathered([p for _, p in chunk]):
                 if self.store:
                     for name, p in chunk:
                         self.shadow[name].lerp_(p.detach().float(), 1.0 - d)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The averaged parameters by name (fp32, on CPU); empty on ranks that do not store."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.shadow.items()}
+    @torch.no_grad()
+    def frozen_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """fp32 CPU copies of the frozen (not averaged) parameters of `model`, for `state_dict(live)`.
+
+        A collective under ZeRO-3: call it on every rank; empty on ranks that do not store.
+        """
+        frozen = set(self.frozen)
+        out: dict[str, torch.Tensor] = {}
+        for chunk in param_chunks([(n, p) for n, p in model.named_parameters() if n in frozen]):
+            with gathered([p for _, p in chunk]):
+                if self.store:
+                    out.update({n: p.detach().float().cpu().clone() for n, p in chunk})
+        return out
+
+    def state_dict(self, live: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The averaged parameters by name (fp32, on CPU); empty on ranks that do not store.
+
+        With frozen parameters, `live` (the model's full state, or `frozen_state(model)`) supplies
+        their values, so the result is a full parameter state; without `live` they are left out.
+        """
+        out = {k: v.detach().to("cpu", copy=True) for k, v in self.shadow.items()}
+        if self.store and self.frozen and live is not None:
+            missing = [n for n in self.frozen if n not in live]
+            if missing:
+                raise KeyError(f"EMA state_dict: `live` lacks the frozen parameters {missing[:5]}")
+            out.update({n: live[n].detach().float().to("cpu", copy=True) for n in self.frozen})
+        return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Replace the average (e.g. on resume); names and shapes must match."""
+        """Replace the average (e.g. on resume); names and shapes must match (frozen names are ignored)."""
         if not self.store:
             return
+        frozen = set(self.frozen)
+        state = {k: v for k, v in state.items() if k not in frozen}
         missing, unexpected = sorted(set(self.shadow) - set(state)), sorted(set(state) - set(self.shadow))
         if missing or unexpected:
             raise KeyError(f"EMA state does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -107,8 +143,9 @@ class EMA:
 
     @torch.no_grad()
     def copy_to(self, model: torch.nn.Module) -> None:
-        """Write the average into `model`'s parameters. Under ZeRO-3 the storing rank must be rank 0."""
-        for chunk in param_chunks(list(model.named_parameters())):
+        """Write the average into `model`'s averaged parameters (frozen ones are left as they are).
+        Under ZeRO-3 the storing rank must be rank 0."""
+        for chunk in param_chunks(self._tracked(model)):
             with gathered([p for _, p in chunk], modifier_rank=0):
                 if self.store:
                     for name, p in chunk:
