@@ -95,6 +95,28 @@ def permuted_index(position: int, n: int, seed: int, epoch: int) -> int:
             return x
 
 
+class AllRecords:
+    """The indices 0..n-1 of a bank whose every record trains the task, without holding them (O(1) memory).
+
+    Indexing gives the index itself; `np.asarray` materialises them (only a progress view picking a
+    few records does).
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        if not -self.n <= i < self.n:
+            raise IndexError(f"record {i} of {self.n}")
+        return i % self.n
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.arange(self.n, dtype=dtype or np.int64)
+
+
 class TaskMixture:
     """Draws each example's task by weight and its record uniformly among those the task accepts.
 
@@ -130,7 +152,7 @@ class TaskMixture:
         for task, _, bank in entries:
             needs = TASK_COLUMNS.get(task.name)
             if getattr(bank, "validated", False) and (not needs or any(all(c in bank.columns for c in a) for a in needs)):
-                self.indices.append(None)  # prepared shards: every record was checked once; None = all, no O(N) list
+                self.indices.append(AllRecords(len(bank)))  # prepared shards: every record was checked once; no O(N) list
                 continue
             idx = np.array([i for i in range(len(bank)) if task.accepts(bank, i)], dtype=np.int64)
             if len(idx) == 0:
@@ -144,12 +166,13 @@ class TaskMixture:
     def _record(self, k: int, rng: np.random.Generator, position: int | None) -> int:
         """Record of entry k: by a seeded per-epoch permutation of the global sample position, or uniform."""
         idx = self.indices[k]
-        n = len(self.entries[k][2]) if idx is None else len(idx)
+        n = len(idx)
         if self.orders[k] == "epoch" and position is not None:
             epoch, pos = divmod(position, n)
-            j = permuted_index(pos, n, self.seed + 7919 * k, epoch)
-            return j if idx is None else int(idx[j])
-        return int(rng.integers(n)) if idx is None else int(rng.choice(idx))  # rng.choice: the draws of older runs
+            return int(idx[permuted_index(pos, n, self.seed + 7919 * k, epoch)])
+        if isinstance(idx, AllRecords):
+            return int(rng.integers(n))
+        return int(rng.choice(idx))  # rng.choice over the array: the draws of earlier runs, unchanged
 
     def examples(self, step: int, rank: int, batch_size: int, world_size: int | None = None) -> list:
         """The examples of (step, rank): each one's record follows its task's order (see `TaskSpec.order`).

@@ -192,7 +192,12 @@ def test_training_reads_shards_by_global_index_in_epoch_order(tmp_path: Path) ->
     v = VisualConfig(**PIXELS)
     tasks = [{"name": "class_to_image", "dataset": "prepared", "options": {"path": str(tmp_path / "prep")}}]
     mix = build_mixture(tasks, v, None, seed=3)
-    assert mix.orders == ["epoch"] and mix.indices == [None]
+    from unimodal.tasks.mixture import AllRecords
+    from unimodal.tasks.progress import ProgressSamples
+
+    assert mix.orders == ["epoch"] and isinstance(mix.indices[0], AllRecords) and len(mix.indices[0]) == 10
+    picks = ProgressSamples(mix, tmp_path / "run").picks[0]  # a progress view picks records of a prepared bank too
+    assert len(picks) == 8 and set(picks) <= set(range(10))
 
     def records(step: int, rank: int, world: int, b: int) -> list[int]:
         return [int(e.class_label) for e in mix.examples(step, rank, b, world)]
