@@ -86,3 +86,47 @@ def test_pack_and_collate():
         collate([Example(a, vis[:3])], token_dim=3)
     with pytest.raises(LayoutError, match="seq_len"):
         pack([a, b], 4)
+
+
+def _tail(lay: Layout, clean_from: int, noisy_from: int) -> dict:
+    """The per-token arrays of `lay` from clean index `clean_from` and noisy index `noisy_from` on."""
+    cols = list(range(clean_from, lay.n_clean)) + list(range(lay.n_clean + noisy_from, len(lay)))
+    return {k: getattr(lay, k)[cols].tolist() for k in ("unit", "pos", "noisy", "modality", "text_ids", "text_target")}
+
+
+@pytest.mark.parametrize(
+    "past, tail",
+    [
+        ([Text([1, 2, 3])], [Text([4])]),
+        ([Text([1]), Image(4, 4, 2, 2, noisy=False)], [Text([5, 6]), Image(2, 6, 1, 3, noisy=(0, 3))]),
+        ([Text([1, 2]), Video(4, 2, 3, 2, noisy=False), Text([9])], [Video(6, 2, 3, 2), Text([7, 8], loss=False)]),
+        ([Image(2, 2, 1, 1, noisy=(2,))], [Video(2, 4, 4, 1, noisy=(1,)), Text([3])]),
+    ],
+)
+def test_continuation_equals_the_full_layouts_tail(past, tail):
+    first = Layout(past)
+    cont = Layout.continuation(tail, first.next_unit, first.next_pos)
+    full = Layout(past + tail)  # built independently, from the start
+    assert _tail(full, first.n_clean, len(first) - first.n_clean) == _tail(cont, 0, 0)
+    assert (cont.next_unit, cont.next_pos) == (full.next_unit, full.next_pos)
+    assert first.continued(tail).key == cont.key != Layout(tail).key  # the start is part of its identity
+    # the continuation's blocks: same units as the full layout's last blocks, spans into the continuation
+    assert [b.unit for b in cont.blocks] == [b.unit for b in full.blocks[len(first.blocks) :]]
+    for b in cont.blocks:
+        assert (cont.unit[b.clean[0] : b.clean[1]] == b.unit).all()
+
+
+def test_continuation_start_is_checked():
+    with pytest.raises(LayoutError, match="start_pos=-1"):
+        Layout.continuation([Text([1])], 0, -1)
+
+
+def test_left_padding_moves_padding_in_front():
+    a = Layout([Text([1, 2]), Image(2, 2, 1, 2, noisy=False)])
+    right, left = pack([a], 9), pack([a], 9, left=True)
+    n = len(a)
+    assert left.offsets == [9 - n]
+    for k in ("unit", "noisy", "doc", "modality", "pos", "text_ids", "text_target", "block_slot"):
+        r, lf = getattr(right, k), getattr(left, k)
+        assert (lf[9 - n :] == r[:n]).all() and (lf[: 9 - n] == r[n:]).all(), k
+    assert left.unit[: 9 - n].tolist() == list(range(9 - n)) and (left.doc[: 9 - n] == PAD_DOC).all()

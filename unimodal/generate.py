@@ -41,8 +41,10 @@ from .layout import (
     VIDEO,
     Image,
     Layout,
+    Segment,
+    Text,
     Video,
-    span_positions,
+    pack,
 )
 from .model import ACDiT, KVCache, ModelOutput
 from .tokenizers.text import SPECIAL_IDS
@@ -87,15 +89,44 @@ def token_batch(
     )
 
 
+def continuations(
+    segments: Sequence[Sequence[Segment]], next_unit: np.ndarray, next_pos: np.ndarray
+) -> list[Layout]:
+    """Per row r, `Layout.continuation(segments[r], next_unit[r], next_pos[r])`.
+
+    Rows that continue from the same place with the same segments share one layout.
+    """
+    made: dict[tuple, Layout] = {}
+    out = []
+    for segs, u, p in zip(segments, next_unit.tolist(), next_pos.tolist()):
+        k = (u, p, tuple(segs))
+        if k not in made:
+            made[k] = Layout.continuation(segs, u, p)
+        out.append(made[k])
+    return out
+
+
+def layout_columns(lays: Sequence[Layout], start: int, stop: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(units (B, n), positions (B, n, 3)) of tokens start..stop of each row's layout, on `device`."""
+    unit = torch.from_numpy(np.stack([lay.unit[start:stop] for lay in lays])).to(device)
+    pos = torch.from_numpy(np.stack([lay.pos[start:stop] for lay in lays])).to(device)
+    return unit, pos
+
+
 class Context:
-    """The clean past of B sequences and where each continues (next unit, next position)."""
+    """The clean past of B sequences and where each continues (next unit, next position).
+
+    `next_unit` / `next_pos` are host-side (B,) int arrays, each a `Layout.next_unit` /
+    `Layout.next_pos` of the last layout appended: new tokens are built as a
+    `Layout.continuation` from them (`continuations`), never by position arithmetic here.
+    """
 
     def __init__(self, model: ACDiT, batch_size: int, device: torch.device, use_cache: bool = True):
         self.model, self.B, self.device, self.use_cache = model, batch_size, device, use_cache
         self.cache = KVCache(model.cfg.n_layer) if use_cache else None
         self.history: SequenceBatch | None = None  # recompute mode: every clean token so far
-        self.next_unit = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.next_unit = np.zeros(batch_size, dtype=np.int64)
+        self.next_pos = np.zeros(batch_size, dtype=np.int64)
 
     def run(self, new: SequenceBatch, update: bool) -> ModelOutput:
         """Outputs for the new tokens, which see the past and themselves; append them when `update`."""
@@ -132,13 +163,13 @@ class Context:
     def snapshot(self) -> tuple:
         """The clean past as it is now, for `restore` (cheap: cached tensors are shared, never copied)."""
         cache = None if self.cache is None else self.cache.copy()
-        return cache, self.history, self.next_unit.clone(), self.next_pos.clone()
+        return cache, self.history, self.next_unit.copy(), self.next_pos.copy()
 
     def restore(self, snap: tuple) -> None:
         """Return to a `snapshot` (which stays valid for further restores)."""
         cache, self.history, next_unit, next_pos = snap
         self.cache = None if cache is None else cache.copy()
-        self.next_unit, self.next_pos = next_unit.clone(), next_pos.clone()
+        self.next_unit, self.next_pos = next_unit.copy(), next_pos.copy()
 
     def prefill(self, examples: Sequence[Example]) -> torch.Tensor | None:
         """Append B clean contexts (left-padded to one length); return last-position text logits (B, V)."""
@@ -149,35 +180,29 @@ class Context:
                 raise ValueError(f"context {i} has noisy blocks: build its visual segments with noisy=False")
         C = self.model.cfg.token_dim
         L = max(len(ex.layout) for ex in examples)
-        rows = [collate([ex], C) for ex in examples]
-        cols = {}
-        for name in ("text_ids", "unit", "doc", "modality", "block_slot", "text_target", "pos", "visual", "noisy"):
-            parts = []
-            for r in rows:
-                v = getattr(r, name)[0]
-                pad = L - v.shape[0]
-                fill = {"doc": PAD_DOC, "modality": PAD, "block_slot": -1, "text_target": IGNORE}.get(name, 0)
-                if name == "unit":  # padding: increasing units in the padding document
-                    head = torch.arange(pad, dtype=v.dtype)
-                else:
-                    head = torch.full((pad, *v.shape[1:]), fill, dtype=v.dtype)
-                parts.append(torch.cat([head, v], 0))
-            cols[name] = torch.stack(parts).to(self.device)
+        rows = [pack([ex.layout], L, left=True) for ex in examples]  # the layout layer's padding, in front
+        cols = {
+            name: torch.from_numpy(np.stack([getattr(r, name) for r in rows])).to(self.device)
+            for name in ("text_ids", "unit", "doc", "modality", "block_slot", "text_target", "pos", "noisy")
+        }
+        visual = [collate([ex], C).visual[0] for ex in examples]  # padding carries no visual token (zeros)
+        cols["visual"] = torch.stack([torch.cat([v.new_zeros(L - v.shape[0], C), v]) for v in visual]).to(self.device)
         new = SequenceBatch(**cols, t=torch.zeros(self.B, 0, dtype=torch.long, device=self.device),
                             y=torch.zeros(self.B, 0, dtype=torch.long, device=self.device))
         out = self.run(new, update=True)
-        self.next_unit = torch.tensor([ex.layout.next_unit for ex in examples], device=self.device)
-        self.next_pos = torch.tensor([ex.layout.next_pos for ex in examples], device=self.device)
+        self.next_unit = np.array([ex.layout.next_unit for ex in examples], dtype=np.int64)
+        self.next_pos = np.array([ex.layout.next_pos for ex in examples], dtype=np.int64)
         return None if out.text_logits is None else out.text_logits[:, -1]
 
     def append_text(self, ids: torch.Tensor, active: torch.Tensor) -> torch.Tensor | None:
         """Append one text token per row (inactive rows write padding); return next-token logits (B, V)."""
         doc = torch.where(active, 0, PAD_DOC)[:, None]
-        pos = self.next_pos[:, None, None].expand(-1, 1, 3)
-        new = token_batch(self.next_unit[:, None], pos, doc, text_ids=ids[:, None], token_dim=self.model.cfg.token_dim)
+        lays = continuations([[Text([t])] for t in ids.tolist()], self.next_unit, self.next_pos)
+        unit, pos = layout_columns(lays, 0, 1, self.device)
+        new = token_batch(unit, pos, doc, text_ids=ids[:, None], token_dim=self.model.cfg.token_dim)
         out = self.run(new, update=True)
-        self.next_unit = self.next_unit + 1
-        self.next_pos = self.next_pos + 1
+        self.next_unit = np.array([lay.next_unit for lay in lays], dtype=np.int64)
+        self.next_pos = np.array([lay.next_pos for lay in lays], dtype=np.int64)
         return None if out.text_logits is None else out.text_logits[:, -1]
 
 
@@ -389,7 +414,6 @@ class Generator:
         sliding = window is not None and n_blocks > window
         # positions and in-block token order come from the segment, or (sliding) from its first window+1 blocks
         shape = Video((window + 1) * full.frames_per_block, full.h, full.w, full.frames_per_block, noisy=False) if sliding else full
-        lay = Layout([shape])
         modality = IMAGE if isinstance(segment, Image) else VIDEO
         sampler = create_sampler(sampling.sampler, sampling.steps, sampling.schedule, **sampling.sampler_kwargs)
         doc = torch.where(rows, 0, PAD_DOC)
@@ -401,7 +425,12 @@ class Generator:
         contexts = [self.ctx] + ([self.uncond] if guided and not shared else [])
         null = None if class_labels is None else torch.full_like(class_labels, -1)
         labels = [class_labels, null][: len(contexts)]
-        span = torch.from_numpy(span_positions(0, shape.grid)[0]).to(self.device)  # (f*h*w, 3) offsets
+        # each row's tokens: a continuation of its context by `shape`; after the video the context
+        # holds `held` (the segment, or, sliding, its last `window` blocks at the first positions)
+        conts = [continuations([[shape]] * self.B, ctx.next_unit, ctx.next_pos) for ctx in contexts]
+        held = Video(window * full.frames_per_block, full.h, full.w, full.frames_per_block, noisy=False) if sliding else full
+        after = [continuations([[held]] * self.B, ctx.next_unit, ctx.next_pos) for ctx in contexts]
+        lay = conts[0][0]
         before = [ctx.snapshot() for ctx in contexts] if sliding else []  # the context before this video
         recent: list[torch.Tensor] = []  # sliding: the last `window` finished blocks
         for b in range(n_blocks):
@@ -409,8 +438,7 @@ class Generator:
             blk = lay.blocks[slot]
             n = len(blk.tokens)
             idx = torch.from_numpy(blk.tokens).to(self.device)
-            pos = [ctx.next_pos[:, None, None] + span[idx][None] for ctx in contexts]  # each (B, n, 3)
-            units = [ctx.next_unit[:, None].expand(-1, n) for ctx in contexts]
+            units, pos = zip(*(layout_columns(c, *blk.clean, self.device) for c in conts))  # each (B, n), (B, n, 3)
             dmat = doc[:, None].expand(-1, n)
             x = torch.randn(self.B, n, C, generator=self.gen).to(self.device) * sampler.init_noise_sigma
             sampler.reset()
@@ -434,39 +462,34 @@ class Generator:
             if not sliding or b < window:  # the finished block joins the clean past
                 for ctx, u, p in zip(contexts, units, pos):
                     ctx.run(token_batch(u, p, dmat, visual=x, modality=modality, token_dim=C), update=True)
-                    ctx.next_unit = ctx.next_unit + 1
                     if max_context is not None and ctx.cache is not None:
                         ctx.cache.keep_last(max_context)
             else:  # slide: the context before the video + the last `window` blocks at the first window positions
-                self._reencode(contexts, before, recent, lay, span, doc, modality)
+                self._reencode(contexts, before, recent, conts, doc, modality)
             if out_tokens is not None:
                 out_tokens[:, idx + (b - slot) * n] = x  # video blocks are consecutive frames
             yield BlockEvent(segment, b, x, rows)
-        f, h, w = full.grid
-        f_ctx = window * full.frames_per_block if sliding else f  # frames the context now spans
-        for ctx in contexts:
-            ctx.next_pos = ctx.next_pos + max(f_ctx, h, w)
+        for ctx, lays in zip(contexts, after):
+            ctx.next_unit = np.array([lay.next_unit for lay in lays], dtype=np.int64)
+            ctx.next_pos = np.array([lay.next_pos for lay in lays], dtype=np.int64)
         self.logits = None
         if out_tokens is not None:
             yield VisualEvent(segment, out_tokens, rows)
 
     def _reencode(
-        self, contexts: list[Context], before: list[tuple], recent: list[torch.Tensor], lay: Layout,
-        span: torch.Tensor, doc: torch.Tensor, modality: int,
+        self, contexts: list[Context], before: list[tuple], recent: list[torch.Tensor],
+        conts: list[list[Layout]], doc: torch.Tensor, modality: int,
     ) -> None:
-        """Reset each context to `before` and append the `recent` blocks as clean blocks 0..len-1 (one forward)."""
+        """Reset each context to `before` and append the `recent` blocks as its continuation's clean blocks
+        0..len-1 (one forward); `conts` holds each context's per-row continuations from `before`."""
         C = self.model.cfg.token_dim
-        n = recent[0].shape[1]
-        idx = torch.from_numpy(np.concatenate([lay.blocks[k].tokens for k in range(len(recent))])).to(self.device)
-        block_of = torch.arange(len(recent), device=self.device).repeat_interleave(n)  # (W*n,)
         x = torch.cat(recent, 1)  # (B, W*n, C)
-        for ctx, snap in zip(contexts, before):
+        dmat = doc[:, None].expand(-1, x.shape[1])
+        for ctx, snap, lays in zip(contexts, before, conts):
             ctx.restore(snap)
-            units = ctx.next_unit[:, None] + block_of[None]
-            pos = ctx.next_pos[:, None, None] + span[idx][None]
-            dmat = doc[:, None].expand(-1, x.shape[1])
+            start, stop = lays[0].blocks[0].clean[0], lays[0].blocks[len(recent) - 1].clean[1]
+            units, pos = layout_columns(lays, start, stop, self.device)
             ctx.run(token_batch(units, pos, dmat, visual=x, modality=modality, token_dim=C), update=True)
-            ctx.next_unit = ctx.next_unit + len(recent)
 
     def generate_visual(self, segment: Image | Video, sampling: VisualSampling, **kw) -> torch.Tensor:
         """Run `stream_visual` to the end; returns (B, f*h*w, C) tokens in natural order."""

@@ -14,6 +14,9 @@ Sequence of one example (docs/architecture.md, "The sequence layout")::
   raster order inside a block (frame, row, column).
 * Noisy tokens share unit and position with their clean twins.
 * `pack` concatenates several layouts into one row with `doc` ids and padding.
+* `Layout.continuation` lays out segments appended to a sequence that continues at a given
+  unit and position: the generation engine builds its new tokens (a prompt's next text token,
+  the next visual block) from it, so units and positions have this one definition.
 """
 
 from __future__ import annotations
@@ -203,15 +206,24 @@ class Layout:
         visual_index (index into the example's visual tokens, -1 for text),
         blocks (list[BlockSpan]), visual_offsets (start of each visual segment's tokens),
         next_unit, next_pos (where a continuation would start).
+
+    Args:
+        segments: the example's segments.
+        start_unit, start_pos: the unit and running position index of its first token; nonzero
+            for a continuation (see `continuation`), 0 for an example of its own.
     """
 
-    def __init__(self, segments: Sequence[Segment]):
+    def __init__(self, segments: Sequence[Segment], start_unit: int = 0, start_pos: int = 0):
         if len(segments) == 0:
             raise LayoutError("a layout needs at least one segment")
+        for name, v in (("start_unit", start_unit), ("start_pos", start_pos)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+                raise LayoutError(f"{name}={v!r} is invalid: must be an integer >= 0")
         self.segments = tuple(segments)
+        self.start_unit, self.start_pos = int(start_unit), int(start_pos)
         clean: list[tuple[int, int, int, np.ndarray, int, int]] = []  # unit, modality, text id, pos, vis idx, loss
         blocks_pending: list[tuple[int, int, int, np.ndarray, np.ndarray, bool]] = []
-        unit, n, vis_off = 0, 0, 0
+        unit, n, vis_off = self.start_unit, self.start_pos, 0
         self.visual_offsets: list[int] = []
         for s_i, seg in enumerate(self.segments):
             if isinstance(seg, Text):
@@ -284,16 +296,35 @@ class Layout:
         ok = is_text[:-1] & is_text[1:] & loss[1 : self.n_clean]
         self.text_target[nxt[ok]] = self.text_ids[nxt[ok] + 1]
 
+    @classmethod
+    def continuation(cls, segments: Sequence[Segment], unit: int, pos: int) -> Layout:
+        """The layout of `segments` appended to a sequence whose next unit is `unit` and next position `pos`.
+
+        Its clean stream equals the tail of the clean stream of `Layout(past + segments)` for any
+        `past` with `Layout(past).next_unit == unit` and `.next_pos == pos`, and so does its noisy
+        stream (units, positions, modalities, text ids and targets); `next_unit` / `next_pos` say
+        where the sequence continues after it. Visual indices and block spans are relative to the
+        continuation itself. This is how the generation engine builds every token it appends.
+        """
+        return cls(segments, start_unit=unit, start_pos=pos)
+
+    def continued(self, segments: Sequence[Segment]) -> Layout:
+        """`continuation` of this layout: `segments` appended after its last unit and position."""
+        return Layout.continuation(segments, self.next_unit, self.next_pos)
+
     def __len__(self) -> int:
         return len(self.unit)
 
     @property
     def key(self) -> tuple:
-        """A hashable identity of the segments: equal keys give equal per-token arrays."""
+        """A hashable identity of the segments (and start): equal keys give equal per-token arrays."""
         def norm(v: object) -> object:
             return tuple(v) if isinstance(v, (list, np.ndarray)) else v
 
-        return tuple((type(s).__name__, *(norm(v) for v in s.__dict__.values())) for s in self.segments)
+        segs = tuple((type(s).__name__, *(norm(v) for v in s.__dict__.values())) for s in self.segments)
+        if self.start_unit or self.start_pos:
+            return (*segs, ("start", self.start_unit, self.start_pos))
+        return segs
 
     @property
     def noisy_spans(self) -> list[BlockSpan]:
@@ -320,16 +351,25 @@ class PackedRow:
     slot_offsets: list[int]  # first row-slot of each layout's noisy blocks
 
 
-def pack(layouts: Sequence[Layout], seq_len: int | None = None) -> PackedRow:
+def pack(layouts: Sequence[Layout], seq_len: int | None = None, left: bool = False) -> PackedRow:
     """Concatenate layouts into one row with doc ids 0..n-1 and pad to `seq_len`.
 
-    Padding tokens are clean, have doc PAD_DOC and increasing units, so they see
-    only earlier padding (no empty attention rows) and no real token sees them.
+    Padding tokens are clean, have doc PAD_DOC and increasing units from 0, so they see
+    only earlier padding (no empty attention rows) and no real token sees them. Padding goes
+    after the layouts, or before them with `left=True` (a batch of prompts for generation,
+    whose next tokens are appended at the same column in every row).
     """
     total = sum(len(l) for l in layouts)
     seq_len = total if seq_len is None else seq_len
     if total > seq_len:
         raise LayoutError(f"layouts hold {total} tokens, more than seq_len={seq_len}")
+    if left:
+        row = pack(layouts, seq_len)
+        n_pad = seq_len - total
+        order = np.r_[total:seq_len, 0:total]  # the padding (at the tail of `row`) moves to the front
+        fields = {k: getattr(row, k)[order] for k in ("unit", "noisy", "doc", "modality", "pos", "text_ids",
+                                                       "text_target", "block_slot")}
+        return PackedRow(**fields, offsets=[o + n_pad for o in row.offsets], slot_offsets=row.slot_offsets)
     unit = np.zeros(seq_len, np.int64)
     noisy = np.zeros(seq_len, bool)
     doc = np.full(seq_len, PAD_DOC, np.int64)
