@@ -235,11 +235,16 @@ def test_workers_split_the_shards_and_the_last_writes_the_manifest(tmp_path: Pat
     """Rank r of w encodes shards k % w == r (torchrun's RANK/WORLD_SIZE or --num-proc); rank 0 writes the manifest."""
     root = write_folder(tmp_path / "src", n=10)
     prepare(spec(root), tmp_path / "one", shard_size=3)
+    from concurrent.futures import ThreadPoolExecutor
+
     out = tmp_path / "two"
-    prepare(spec(root), out, shard_size=3, rank=1, world=2)
-    assert sorted(p.name for p in out.glob("shard-*.arrow")) == ["shard-00001.arrow", "shard-00003.arrow"]
-    assert not (out / MANIFEST).exists()
-    prepare(spec(root), out, shard_size=3, rank=0, world=2)
+    with ThreadPoolExecutor(2) as pool:  # as two torchrun ranks: 1 waits for 0's prepare.json, 0 for 1's shards
+        one_done = pool.submit(prepare, spec(root), out, shard_size=3, rank=1, world=2)
+        zero_done = pool.submit(prepare, spec(root), out, shard_size=3, rank=0, world=2)
+        assert one_done.result(timeout=120).name == "prepare.json"  # rank 1 leaves the manifest to rank 0
+        assert zero_done.result(timeout=120).name == MANIFEST
+    sides = {k: json.loads((out / f"shard-{k:05d}.json").read_text()) for k in range(4)}
+    assert [sides[k]["records"] for k in range(4)] == [3, 3, 3, 1]
     one, two = (json.loads((d / MANIFEST).read_text()) for d in (tmp_path / "one", out))
     assert [s["sha256"] for s in two["shards"]] == [s["sha256"] for s in one["shards"]] and two["records"] == 10
 

@@ -12,7 +12,8 @@ order. Every file is written by `unimodal.atomic` (temporary name, fsync, rename
 counts as done only when its sidecar names its SHA-256; so a killed prepare started again skips
 the done shards and rewrites the others, with no duplicate and no missing record. Under
 torchrun (``RANK``/``WORLD_SIZE``) or with ``num_proc`` workers, worker ``r`` of ``w`` encodes
-the shards ``k`` with ``k % w == r``; the last to finish writes the manifest.
+the shards ``k`` with ``k % w == r``; worker 0 writes ``prepare.json`` first and the manifest
+once every shard is done.
 
 Columns of a shard: ``position`` (the record's index among the source's good records);
 ``moments`` (VAE: posterior mean and logvar, ``(2, C, h, w)``, unscaled) or ``pixels``
@@ -339,6 +340,12 @@ def prepare(
                                "vocab_size": tok.vocab_size}
     out.mkdir(parents=True, exist_ok=True)
     remove_orphans(out)
+    if rank != 0:  # worker 0 writes prepare.json; the others check theirs against it
+        deadline = time.monotonic() + 600
+        while not (out / INTENT).is_file():
+            if time.monotonic() > deadline:
+                raise DataError(f"prepare: worker {rank} waited 10 minutes for worker 0 to write {out / INTENT}")
+            time.sleep(0.2)
     _check_intent(out, intent)
     rows: list[dict[str, Any]] = []
     positions: list[int] = []
@@ -372,7 +379,9 @@ def prepare(
     from .sources import last_skipped
 
     skipped = int(last_skipped.get("skipped", 0)) if spec.dataset == "files" else 0
-    return _finish(out, intent, n, skipped, wait=rank == 0 and world > 1)
+    if rank != 0:
+        return out / INTENT  # worker 0 writes the manifest once every shard is done
+    return _finish(out, intent, n, skipped, wait=world > 1)
 
 
 def _check_intent(out: Path, intent: dict[str, Any]) -> None:
@@ -385,7 +394,7 @@ def _check_intent(out: Path, intent: dict[str, Any]) -> None:
                 raise DataError(f"prepare: {out} holds a prepare with a different {key} ({old.get(key)!r:.80} vs "
                                 f"{intent.get(key)!r:.80}); use a new --out or delete it")
         return
-    if any(out.iterdir()):
+    if any(not p.name.startswith(".") for p in out.iterdir()):  # temporaries of other workers do not count
         raise DataError(f"prepare: {out} is not empty and holds no {INTENT}; use a new or empty --out")
     write_text(f, json.dumps(intent, indent=1, default=str))
 
@@ -397,8 +406,6 @@ def _finish(out: Path, intent: dict[str, Any], n: int, skipped: int, wait: bool,
     for k in range(count):
         while (meta := _done(out, k)) is None:
             if not wait or time.monotonic() > deadline:
-                if not wait:
-                    return out / INTENT  # another worker finishes the manifest
                 raise DataError(f"prepare: shard {_shard_name(k)} never completed (a worker died?); run prepare again")
             time.sleep(1.0)
         shards.append(meta)
