@@ -231,7 +231,7 @@ def test_cli_prepare_then_train_a_few_steps(tmp_path: Path, capsys) -> None:
     assert len(res.history) == 3 and all(np.isfinite(h["loss"]) for h in res.history)
 
 
-def test_workers_split_the_shards_and_the_last_writes_the_manifest(tmp_path: Path) -> None:
+def test_workers_split_the_shards_and_worker_0_writes_the_manifest(tmp_path: Path) -> None:
     """Rank r of w encodes shards k % w == r (torchrun's RANK/WORLD_SIZE or --num-proc); rank 0 writes the manifest."""
     root = write_folder(tmp_path / "src", n=10)
     prepare(spec(root), tmp_path / "one", shard_size=3)
