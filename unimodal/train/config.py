@@ -51,6 +51,14 @@ class TrainConfig:
     Nested mappings (`model_overrides`, `visual`, `diffusion`, `loss`) are checked
     against ModelConfig, VisualConfig, ScheduleConfig and LossWeights; `tasks` and
     `tokenizer` pass through to the data side (`unimodal.tasks.build_batch_source`).
+
+    Resuming with changed schedule keys (`steps`, `lr`, `schedule`, `warmup_steps`, `decay_frac`,
+    `min_lr_ratio`): rank 0 prints each change as `resume: key old -> new`. The lr of optimizer
+    step s is always the *new* config's schedule at the global step s (`schedules.lr_at`), so
+    the run continues that schedule from the checkpoint's step and the warm-up never restarts.
+    Refused before anything is written: a changed `warmup_steps` larger than the checkpoint's
+    step (the resumed step would be back inside a warm-up), and `steps` below it
+    (`unimodal.train.trainer.schedule_changes`).
     """
 
     # --- what is trained ---------------------------------------------------------------

@@ -360,6 +360,8 @@ def _open_run_dir(
     lock.acquire()
     try:
         resume_dir = _preflight(cfg, model_cfg, out, resume, overwrite, locked=True)
+        for line in schedule_changes(resume_dir, cfg) if resume_dir is not None else []:
+            print(line, flush=True)  # rank 0 only: the caller is rank 0
         if overwrite and run_entries(out):
             moved = move_aside(lock)
             print(f"--overwrite: moved the previous run in {out} to {moved}", flush=True)
@@ -403,7 +405,55 @@ def _preflight(
     resume_dir = ckpt.resolve_resume(resume, out / "checkpoints")
     if resume_dir is not None:
         _check_fits(resume_dir, cfg, model_cfg)
+        schedule_changes(resume_dir, cfg)  # refuses a change that would restart the warm-up
     return resume_dir
+
+
+SCHEDULE_KEYS = ("steps", "lr", "schedule", "warmup_steps", "decay_frac", "min_lr_ratio")
+
+
+def schedule_changes(resume_dir: Path, cfg: TrainConfig) -> list[str]:
+    """The lr-schedule keys `cfg` changes against the checkpoint's run, one `key: old -> new` line each.
+
+    The rule (TrainConfig, "Resuming with changed schedule keys"): the lr of step s is always
+    `lr_at(new config, s)` of the *global* step s, so a resumed run continues the new schedule
+    at the checkpoint's step; nothing restarts. Refused, naming the keys: a changed
+    `warmup_steps` that puts the resumed step back inside the warm-up (the lr would drop and
+    climb again), and `steps` below the checkpoint's step (nothing to train). A checkpoint
+    without its training config (written by an older version) reports no changes.
+
+    Raises:
+        ConfigError: a refused change; it is raised before anything is written.
+    """
+    import yaml
+
+    try:
+        saved = (yaml.safe_load((resume_dir / CONFIG_FILE).read_text()) or {}).get("train")
+    except (OSError, yaml.YAMLError, AttributeError):
+        saved = None
+    if not isinstance(saved, dict):
+        return []
+    step = _checkpoint_step(resume_dir)
+    asked = cfg.to_dict()
+    changed = [k for k in SCHEDULE_KEYS if k in saved and saved[k] != asked[k]]
+    lines = [f"resume: {k} {saved[k]!r} -> {asked[k]!r}" for k in changed]
+    where = f"resume checkpoint {str(resume_dir)!r} (step {step})"
+    if cfg.steps < step:
+        raise ConfigError(
+            f"{where}: steps={cfg.steps} is below the checkpoint's step {step}, so there is nothing to train; "
+            f"set steps >= {step} (the run had steps={saved.get('steps')!r})"
+        )
+    if "warmup_steps" in changed and step < cfg.warmup_steps:
+        raise ConfigError(
+            f"{where}: warmup_steps {saved['warmup_steps']!r} -> {cfg.warmup_steps} would put step {step} back inside "
+            f"the warm-up (the lr of a step follows the global step, so it would drop to "
+            f"{cfg.lr * (step + 1) / cfg.warmup_steps:.3g} and climb again); keep warmup_steps={saved['warmup_steps']!r}, "
+            f"set it <= {step}, or start a new run"
+        )
+    if lines:
+        lr = lr_at(cfg.schedule, step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.decay_frac, cfg.min_lr_ratio)
+        lines.append(f"resume: the lr schedule continues from step {step} with the new values (lr of step {step + 1}: {lr:.6g})")
+    return lines
 
 
 def _check_fits(resume_dir: Path, cfg: TrainConfig, model_cfg: ModelConfig) -> None:
