@@ -72,6 +72,8 @@ def test_the_plugin_is_registered_through_the_entry_point():
 def test_lmms_eval_cli_runs_local_tasks_and_answers_as_our_vqa_head(text_checkpoint, local_task, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env["HF_DATASETS_CACHE"] = str(tmp_path / "hf-cache")
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  # one process: no process group, no port
+        env.pop(var, None)
     proc = subprocess.run(
         [sys.executable, "-m", "lmms_eval", "--model", "unimodal", "--model_args", f"pretrained={text_checkpoint}", "--batch_size", "4",
          "--tasks", "um_local_vqa,um_local_mc", "--include_path", str(local_task / "tasks"), "--output_path", str(tmp_path / "out"),
