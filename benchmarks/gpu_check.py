@@ -75,9 +75,9 @@ def main() -> None:
         for p in m.parameters():
             torch.nn.init.normal_(p, std=0.05)
         o = m(small)
-        loss = (o.eps ** 2).sum() + (o.text_logits ** 2).sum()
+        loss = (o.pred ** 2).sum() + (o.text_logits ** 2).sum()
         loss.backward()
-        res[backend] = (o.eps.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+        res[backend] = (o.pred.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
     eps_err = (res["flex"][0] - res["sdpa"][0]).abs().max().item()
     grad_err = max((res["flex"][1][n] - res["sdpa"][1][n]).abs().max().item() for n in res["sdpa"][1])
     out["flex_vs_sdpa"] = {"eps_max_abs_diff": eps_err, "grad_max_abs_diff": grad_err, "ok": eps_err < 1e-3 and grad_err < 1e-2}
@@ -89,7 +89,7 @@ def main() -> None:
 
         def fb():
             o = m(big)
-            ((o.eps ** 2).sum() + (o.text_logits ** 2).sum()).backward()
+            ((o.pred ** 2).sum() + (o.text_logits ** 2).sum()).backward()
 
         speed[f"{backend}_fwd_bwd_s"] = cuda_time(fb, repeats=3)
     out["speed_4k"] = speed

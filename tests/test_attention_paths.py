@@ -83,11 +83,11 @@ def test_keyed_split_path_equals_reference_on_pure_visual_rows(seed):
     plan = batch_plan(b, prune=False)
     sizes = {len(blk.tokens) for blk in lay.noisy_spans}
     assert (plan.split is not None) == (len(sizes) == 1)  # blocks of one size: the split path
-    ref = m(unkeyed(b), compute_logits=False).eps
-    out = m(b, compute_logits=False).eps
+    ref = m(unkeyed(b), compute_logits=False).pred
+    out = m(b, compute_logits=False).pred
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    g_ref = grads(m, (m(unkeyed(b), compute_logits=False).eps ** 2).sum())
-    g_out = grads(m, (m(b, compute_logits=False).eps ** 2).sum())
+    g_ref = grads(m, (m(unkeyed(b), compute_logits=False).pred ** 2).sum())
+    g_out = grads(m, (m(b, compute_logits=False).pred ** 2).sum())
     assert_grads_close(g_out, g_ref)
 
 
@@ -134,9 +134,9 @@ def test_flex_equals_dense_sdpa_forward_and_backward():
     for backend in ("sdpa", "flex"):
         m = model(attn_backend=backend).cuda()
         o = m(unkeyed(b))
-        loss = sum((v.float() ** 2).sum() for v in (o.eps, o.text_logits) if v is not None)
+        loss = sum((v.float() ** 2).sum() for v in (o.pred, o.text_logits) if v is not None)
         outs.append((o, grads(m, loss)))
     (o1, g1), (o2, g2) = outs
-    torch.testing.assert_close(o2.eps, o1.eps, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(o2.pred, o1.pred, rtol=2e-3, atol=2e-3)
     for n in g1:
         torch.testing.assert_close(g2[n], g1[n], rtol=5e-3, atol=5e-3)

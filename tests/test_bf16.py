@@ -75,7 +75,7 @@ def test_bf16_kv_cached_forward_is_fp32_and_equals_recompute():
         b = collate([Example(Layout.continuation([Image(2, 2, 1, 2)], 3, 3), torch.randn(4, C), 2)], C)
         noisy = b.select_columns(b.noisy[0].nonzero()[:, 0])
         out = m(noisy, cache=cache, update_cache=False)
-        assert out.eps.dtype == torch.float32 and torch.isfinite(out.eps).all()
+        assert out.pred.dtype == torch.float32 and torch.isfinite(out.pred).all()
 
     def run(use_cache: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
         g = Generator(m, 2, use_cache=use_cache, seed=0)

@@ -157,7 +157,7 @@ class Context:
         n = new.unit.shape[1]
         return ModelOutput(
             None if out.text_logits is None else out.text_logits[:, n_past : n_past + n],
-            None if out.eps is None else out.eps[:, n_past : n_past + n],
+            None if out.pred is None else out.pred[:, n_past : n_past + n],
         )
 
     def snapshot(self) -> tuple:
@@ -448,11 +448,11 @@ class Generator:
                     new = token_batch(units[0].repeat(2, 1), pos[0].repeat(2, 1, 1), dmat.repeat(2, 1),
                                       visual=x.repeat(2, 1, 1), noisy=True, modality=modality, t=tt.repeat(2),
                                       y=torch.cat([class_labels, null]), token_dim=C)
-                    e_c, e_u = self.ctx.run(new, update=False).eps.chunk(2)
+                    e_c, e_u = self.ctx.run(new, update=False).pred.chunk(2)
                 else:
                     e_c, e_u = [
                         ctx.run(token_batch(u, p, dmat, visual=x, noisy=True, modality=modality, t=tt, y=y, token_dim=C),
-                                update=False).eps
+                                update=False).pred
                         for ctx, u, p, y in zip(contexts, units, pos, labels)
                     ] + [None] * (2 - len(contexts))
                 eps = e_c if e_u is None else classifier_free_guidance(e_c, e_u, sampling.cfg_scale)

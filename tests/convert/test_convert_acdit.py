@@ -109,7 +109,7 @@ def test_eps_matches_reference_on_training_sequence(converted, weights):
     bc = collate([Example(lay, tok, lab) for tok, lab in zip(ours_tokens(clean, ref.patch), labels)], C)
     bn = collate([Example(lay, tok, lab) for tok, lab in zip(ours_tokens(noised, ref.patch), labels)], C)
     batch = bc.replace(visual=torch.where(bc.noisy[..., None], bn.visual, bc.visual), t=t)
-    eps = model(batch).eps
+    eps = model(batch).pred
     noisy = torch.from_numpy(lay.noisy)
     eps_nat = torch.zeros(2, ref.n_tokens, C)
     eps_nat[:, torch.from_numpy(lay.visual_index[lay.noisy])] = eps[:, noisy]

@@ -37,7 +37,7 @@ def test_options_build_and_round_trip(tmp_path):
     batch = collate([Example(lay, torch.randn(4, 12), 1)], 12)
     batch.t = torch.tensor([[10, 500]])
     a, b = model(batch), back(batch)
-    assert torch.equal(a.text_logits, b.text_logits) and torch.equal(a.eps, b.eps)
+    assert torch.equal(a.text_logits, b.text_logits) and torch.equal(a.pred, b.pred)
 
 
 def test_gqa_cached_generation_equals_recompute():

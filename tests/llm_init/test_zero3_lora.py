@@ -81,7 +81,7 @@ def test_zero3_lora_two_ranks(tmp_path):
     with torch.no_grad():
         a, m = live(b), merged(b)
     torch.testing.assert_close(a.text_logits, m.text_logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(a.eps, m.eps, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.pred, m.pred, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2])

@@ -46,14 +46,14 @@ def test_clean_stream_independent_of_t_label_and_noisy_tokens():
     for i in layers:
         torch.testing.assert_close(out.hidden[i][clean], ref.hidden[i][clean])
     torch.testing.assert_close(out.text_logits, ref.text_logits)
-    assert not torch.allclose(out.eps[b.noisy], ref.eps[b.noisy]), "the perturbation changed nothing"
+    assert not torch.allclose(out.pred[b.noisy], ref.pred[b.noisy]), "the perturbation changed nothing"
 
 
 @torch.no_grad()
 def test_eps_of_block_i_ignores_later_clean_blocks_and_other_noisy_blocks():
     m = make_model()
     b, lay = mixed_batch()
-    ref = m(b).eps
+    ref = m(b).pred
     for i, blk in enumerate(lay.blocks):
         vis = b.visual.clone()
         for j, other in enumerate(lay.blocks):
@@ -63,14 +63,14 @@ def test_eps_of_block_i_ignores_later_clean_blocks_and_other_noisy_blocks():
                 vis[0, other.noisy[0] : other.noisy[1]] += torch.randn(other.noisy[1] - other.noisy[0], C)
         t = b.t.clone()
         t[0, [s.slot for s in lay.blocks if s.slot != blk.slot]] = 3  # other blocks' timesteps
-        out = m(b.replace(visual=vis, t=t)).eps
+        out = m(b.replace(visual=vis, t=t)).pred
         n0, n1 = blk.noisy
         torch.testing.assert_close(out[0, n0:n1], ref[0, n0:n1])
         if i > 0:  # an earlier clean block does matter
             vis2 = b.visual.clone()
             c0, c1 = lay.blocks[i - 1].clean
             vis2[0, c0:c1] += 1.0
-            assert not torch.allclose(m(b.replace(visual=vis2)).eps[0, n0:n1], ref[0, n0:n1])
+            assert not torch.allclose(m(b.replace(visual=vis2)).pred[0, n0:n1], ref[0, n0:n1])
 
 
 @torch.no_grad()
@@ -102,8 +102,8 @@ def test_packed_documents_do_not_interact():
     out = m(packed)
     oa, oc = m(alone_a), m(alone_c)
     La, Lc = alone_a.shape[1], alone_c.shape[1]
-    torch.testing.assert_close(out.eps[0, :La], oa.eps[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out.eps[0, La : La + Lc], oc.eps[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.pred[0, :La], oa.pred[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.pred[0, La : La + Lc], oc.pred[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.text_logits[0, La : La + Lc], oc.text_logits[0], atol=1e-5, rtol=1e-5)
 
 
@@ -112,7 +112,7 @@ def test_zero_init_gives_zero_eps_and_plain_residuals():
     b, _ = mixed_batch()
     n = m.cfg.n_layer
     out = m(b, hidden_layers=tuple(range(n + 1)))
-    assert torch.count_nonzero(out.eps) == 0  # final linear is zero-initialised (adaLN-Zero)
+    assert torch.count_nonzero(out.pred) == 0  # final linear is zero-initialised (adaLN-Zero)
     assert out.text_logits.shape == (2, 48, 64)
     noisy = b.noisy.bool()
     assert noisy.any() and (~noisy).any()
@@ -134,7 +134,7 @@ def test_flex_attention_matches_sdpa():
     out = flex(b, hidden_layers=(2,))  # a crash in the flex path is a failure, not a skip
     real = b.doc >= 0
     torch.testing.assert_close(out.hidden[2][real], ref.hidden[2][real], atol=2e-4, rtol=2e-4)
-    torch.testing.assert_close(out.eps, ref.eps, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(out.pred, ref.pred, atol=2e-4, rtol=2e-4)
 
 
 def test_tiny_model_overfits_one_mixed_batch():
@@ -175,7 +175,7 @@ def test_tied_embeddings_save_once_and_load_tied(tmp_path):
     assert torch.equal(back.tok_embeddings.weight, m.tok_embeddings.weight)
     out = back(b)
     torch.testing.assert_close(out.text_logits, ref.text_logits, rtol=0, atol=0)
-    torch.testing.assert_close(out.eps, ref.eps, rtol=0, atol=0)
+    torch.testing.assert_close(out.pred, ref.pred, rtol=0, atol=0)
 
 
 def test_hidden_layers_range_and_the_automatic_attention_backend():

@@ -38,7 +38,7 @@ class Recorder:
         self.max_cache = max(self.max_cache, 0 if cache is None else len(cache))
         out = self.orig(batch, cache=cache, update_cache=update_cache, **kw)
         if bool(batch.noisy.all()):
-            self.noisy_calls.append((batch, out.eps))
+            self.noisy_calls.append((batch, out.pred))
         return out
 
     def close(self):
@@ -104,7 +104,7 @@ def test_sliding_step_equals_a_trained_length_forward(model):
     ex = Example(lay, torch.cat([out[b - 2][0], out[b - 1][0], x_t]), 3)
     ref = collate([ex], C)
     ref.t[:] = t
-    want = model(ref).eps[0, torch.from_numpy(lay.noisy)]
+    want = model(ref).pred[0, torch.from_numpy(lay.noisy)]
     torch.testing.assert_close(eps[0], want, atol=1e-5, rtol=1e-5)
 
 

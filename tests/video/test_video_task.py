@@ -54,14 +54,14 @@ def test_clean_stream_independent_of_t_label_and_noisy_tokens_on_video() -> None
     clean = ~b.noisy
     for i in layers:
         torch.testing.assert_close(out.hidden[i][clean], ref.hidden[i][clean])
-    assert not torch.allclose(out.eps[b.noisy], ref.eps[b.noisy])
+    assert not torch.allclose(out.pred[b.noisy], ref.pred[b.noisy])
 
 
 @torch.no_grad()
 def test_eps_of_video_block_ignores_later_frames_and_other_noisy_blocks() -> None:
     m = video_model()
     b, lay = video_batch()
-    ref = m(b).eps
+    ref = m(b).pred
     for i, blk in enumerate(lay.blocks):
         vis, t = b.visual.clone(), b.t.clone()
         for j, other in enumerate(lay.blocks):
@@ -70,13 +70,13 @@ def test_eps_of_video_block_ignores_later_frames_and_other_noisy_blocks() -> Non
             if j != i:
                 vis[:, other.noisy[0] : other.noisy[1]] += torch.randn(2, 12, C)
                 t[:, other.slot] = 7
-        out = m(b.replace(visual=vis, t=t)).eps
+        out = m(b.replace(visual=vis, t=t)).pred
         n0, n1 = blk.noisy
         torch.testing.assert_close(out[:, n0:n1], ref[:, n0:n1])
         if i > 0:  # an earlier frame does matter
             vis2 = b.visual.clone()
             vis2[:, lay.blocks[0].clean[0]] += 1.0
-            assert not torch.allclose(m(b.replace(visual=vis2)).eps[:, n0:n1], ref[:, n0:n1])
+            assert not torch.allclose(m(b.replace(visual=vis2)).pred[:, n0:n1], ref[:, n0:n1])
 
 
 # ---- class→video on Moving Fashion-MNIST ----------------------------------------------------------

@@ -98,7 +98,7 @@ def compute_loss(
     parts: dict[str, torch.Tensor] = {}
     total = None
     if has_noisy:
-        err = (out.eps.float() - target.float()).pow(2).mean(-1)  # (B, L)
+        err = (out.pred.float() - target.float()).pow(2).mean(-1)  # (B, L)
         m = batch.noisy.to(err.dtype)
         parts["diffusion"] = (err * m).sum() / m.sum()
         total = weights.diffusion * parts["diffusion"]

@@ -263,11 +263,12 @@ class FinalLayer(nn.Module):
 @dataclass
 class ModelOutput:
     """text_logits (B, L, V): valid at text positions (zeros elsewhere), None without text.
-    eps (B, L, C): prediction at noisy positions (zeros elsewhere), None without noisy tokens.
+    pred (B, L, C): the diffusion model output at noisy positions (zeros elsewhere), None without noisy
+        tokens: ε, v or the flow velocity, as the schedule's prediction_type says (diffusers' "model_output").
     hidden: layer index -> (B, L, D) hidden states after that many blocks (0 = embeddings)."""
 
     text_logits: torch.Tensor | None
-    eps: torch.Tensor | None
+    pred: torch.Tensor | None
     hidden: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
@@ -366,7 +367,7 @@ class ACDiT(nn.Module):
         if self.precision == "bf16":
             with torch.autocast(batch.unit.device.type, dtype=torch.bfloat16):
                 out = self.forward_fp(batch, *args, **kwargs)
-            return ModelOutput(*(None if v is None else v.float() for v in (out.text_logits, out.eps)), out.hidden)
+            return ModelOutput(*(None if v is None else v.float() for v in (out.text_logits, out.pred)), out.hidden)
         return self.forward_fp(batch, *args, **kwargs)
 
     def forward_fp(
