@@ -21,7 +21,7 @@ from .errors import EvalError
 from .extractors import build_extractor
 from .extractors.domain_cnn import encode_labels
 from .provenance import array_sha256
-from .reference import reference_features
+from .reference import npz_arrays, npz_reference, reference_features
 from .samples import SampleSet
 from .task_config import EvalTaskConfig
 
@@ -65,8 +65,14 @@ def _sample_set(task: EvalTaskConfig, ctx: EvalContext, images: torch.Tensor, re
         if ctx.inception_weights:
             opts.setdefault("weights", ctx.inception_weights)
     extractor = build_extractor(task.extractor, opts, dataset=task.dataset, image_size=v.image_size, channels=v.channels)
-    key = {"dataset": task.dataset, "split": task.split, "options": task.options, "seed": task.seed, "head": task.head}
-    feats, stats = reference_features(ref_ds, extractor, v.image_size, v.channels, key)
+    if task.reference_npz:  # the ADM evaluator's reference batch: its mu/sigma, arr_0's features when needed
+        need = any(m in ("precision", "recall") for m in task.metrics)
+        feats, stats, ref_info = npz_reference(task.reference_npz, extractor, v.image_size, v.channels, need)
+        num_reference = ref_info["num_images"]
+    else:
+        key = {"dataset": task.dataset, "split": task.split, "options": task.options, "seed": task.seed, "head": task.head}
+        feats, stats = reference_features(ref_ds, extractor, v.image_size, v.channels, key)
+        num_reference, ref_info = len(ref_ds), {"dataset": task.dataset, "split": task.split}
     clip = None
     if "clip_score" in task.metrics:
         from .extractors.clip import build_clip
@@ -74,8 +80,11 @@ def _sample_set(task: EvalTaskConfig, ctx: EvalContext, images: torch.Tensor, re
         clip = build_clip(task.clip, dataset=task.dataset, image_size=v.image_size, channels=v.channels)
     s = SampleSet(images, extractor, feats, targets_from(extractor), clip=clip, reference_stats=stats)
     comparable, notes = _comparability(extractor, len(images))
-    details = {"extractor": extractor.info, "num_samples": len(images), "num_reference": len(ref_ds),
-               "reference_stats_sha256": array_sha256(*stats)}
+    if task.reference_npz and s.features.shape[1] != len(stats[0]):
+        raise EvalError(f"task {task.name!r}: the reference statistics have {len(stats[0])} dimensions, the {extractor.name} "
+                        f"features {s.features.shape[1]} (ADM's mu/sigma are of the standard FID Inception's 2048-d features)")
+    details = {"extractor": extractor.info, "num_samples": len(images), "num_reference": num_reference,
+               "reference": ref_info, "reference_stats_sha256": array_sha256(*stats)}
     if clip is not None:
         details["clip"] = clip.info
         comparable_clip = clip.info.get("comparable", False)
@@ -84,10 +93,22 @@ def _sample_set(task: EvalTaskConfig, ctx: EvalContext, images: torch.Tensor, re
 
 
 def run_class_to_image(task: EvalTaskConfig, ctx: EvalContext) -> Evidence:
-    """Balanced labels 0,1,..,K-1,0,1,..; reference: the split's images."""
-    ref = load_records(task.dataset, task.split, task.options, ctx.cap(task.num_samples), task.seed)
+    """Balanced labels 0,1,..,K-1,0,1,..; reference: the split's images, or `reference.npz` (ADM's reference batch).
+
+    With `reference.npz` no record is read: num_samples (capped by --limit) images are drawn,
+    by default as many as the file has images. The file is checked before anything is generated.
+    """
     K = ctx.model.cfg.num_classes
-    labels = [i % K for i in range(len(ref))]
+    if task.reference_npz:
+        found = npz_arrays(task.reference_npz)
+        n = ctx.cap(task.num_samples) or (found["arr_0"][0][0] if "arr_0" in found else None)
+        if n is None:
+            raise EvalError(f"task {task.name!r}: set num_samples (reference {task.reference_npz!r} has statistics, no images)")
+        ref = None
+    else:
+        ref = load_records(task.dataset, task.split, task.options, ctx.cap(task.num_samples), task.seed)
+        n = len(ref)
+    labels = [i % K for i in range(n)]
     head = ClassToImage(ctx.visual, None)
     sampling = sampling_of(task, ctx)
     images = _generate(task, ctx, labels, lambda c, seed: head.generate(ctx.model, c, sampling, seed=seed))
@@ -108,6 +129,8 @@ def run_class_to_image(task: EvalTaskConfig, ctx: EvalContext) -> Evidence:
 def run_text_to_image(task: EvalTaskConfig, ctx: EvalContext) -> Evidence:
     """One sample per captioned record; the requested attributes are the record's label columns."""
     has = lambda cols: [bool(c) for c in cols["caption"]]  # noqa: E731
+    if task.reference_npz:
+        npz_arrays(task.reference_npz)  # checked before anything is generated
     ref = load_records(task.dataset, task.split, task.options, ctx.cap(task.num_samples), task.seed, keep=has)
     captions = list(ref["caption"])
     head = TextToImage(ctx.visual, ctx.tokenizer)

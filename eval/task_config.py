@@ -12,6 +12,7 @@ A task file names a dataset split, a task head, its settings and its metrics::
     generation: {sampler: dpm++, steps: 25, cfg_scale: 1.5, batch_size: 100}
     extractor: domain             # domain | inception
     metrics: [fid, inception_score, precision, recall, class_accuracy]
+    reference: {npz: FILE}        # optional (generation heads): the reference statistics of an ADM-style .npz
 
 A variant starts from another task with ``include: base.yaml`` (a path relative
 to the including file, or a task name) and overrides keys; nested mappings are
@@ -53,7 +54,7 @@ HEADS: dict[str, tuple[str, str | None]] = {
     "text_to_image": ("images", "text_to_image"),
 }
 # variables any task may expand; a task declares others with ``env: [NAME]``
-ALLOWED_ENV = ("IMAGENET_DIR", "UNIMODAL_DATA", "UNIMODAL_CACHE")
+ALLOWED_ENV = ("IMAGENET_DIR", "ADM_REFERENCE", "UNIMODAL_DATA", "UNIMODAL_CACHE")
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 GENERATION_KEYS = ("sampler", "steps", "cfg_scale", "sampler_kwargs", "batch_size", "max_new_tokens")
 PROBE_DEFAULTS: dict[str, Any] = {
@@ -88,6 +89,9 @@ class EvalTaskConfig:
     clip: dict[str, Any] = field(default_factory=dict)  # {model: domain} or {model: ViT-B-32, weights: FILE}
     probe: dict[str, Any] = field(default_factory=dict)  # layers, pool, noisy_t, targets, train_samples, controls
     metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # {metric: {option: value}}
+    # generation heads: {npz: FILE}, an ADM evaluator reference batch (arr_0 images, mu/sigma) read instead of
+    # the split's images (eval/reference.py::npz_reference); npz "" (an unset ${VAR:-}) keeps the split
+    reference: dict[str, Any] = field(default_factory=dict)
     env: list[str] = field(default_factory=list)  # environment variables the task declares it reads
     source: str = ""  # the YAML file (set by the loader)
 
@@ -118,6 +122,21 @@ class EvalTaskConfig:
         self._check_generation()
         self._check_probe()
         self._check_metric_options()
+        self._check_reference()
+
+    def _check_reference(self) -> None:
+        r = self.reference
+        if not isinstance(r, dict) or sorted(set(r) - {"npz"}):
+            raise EvalError(f"task {self.name!r}: reference must be {{npz: FILE}}, got {r!r}")
+        if r and not isinstance(r.get("npz"), str):
+            raise EvalError(f"task {self.name!r}: reference.npz must be a file path, got {r.get('npz')!r}")
+        if r.get("npz") and HEADS[self.head][0] != "images":
+            raise EvalError(f"task {self.name!r}: reference.npz is for image-generation heads, not {self.head!r}")
+
+    @property
+    def reference_npz(self) -> str | None:
+        """The ADM-style reference .npz, or None (the split's images are the reference)."""
+        return self.reference.get("npz") or None
 
     def _check_generation(self) -> None:
         where, g = f"task {self.name!r}: generation", self.generation
