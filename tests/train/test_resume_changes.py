@@ -61,3 +61,26 @@ def test_a_warmup_that_would_restart_is_refused_and_nothing_is_written(tmp_path)
     # a shorter warm-up the checkpoint is already past is a change like any other: continued, not refused
     res = train(tiny_config(tmp_path, steps=5, warmup_steps=3, **kw), SyntheticDigits(), resume="auto")
     assert [h["lr"] for h in res.history] == pytest.approx([1e-3])
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_resuming_on_another_process_count_is_refused_where_the_optimizer_state_is_partitioned(tmp_path, stage):
+    import shutil
+
+    from unimodal.errors import CheckpointError
+
+    kw = dict(zero_stage=stage, schedule="constant", ema_decay=0.0, ckpt_every=2, batch_size=2)
+    train(tiny_config(tmp_path, steps=2, **kw), SyntheticDigits())
+    state = tmp_path / "checkpoints" / "step_0000002" / "deepspeed" / "state"
+    parts = sorted(state.glob("*zero_pp_rank_*_optim_states.pt"))
+    if stage == 0:  # fp32 ZeRO-0: the optimizer state is whole, so any number of processes may resume it
+        assert parts == []
+        return
+    assert [p.name for p in parts] == ["zero_pp_rank_0_mp_rank_00_optim_states.pt"]
+    shutil.copy(parts[0], state / parts[0].name.replace("rank_0", "rank_1"))  # as a 2-process run writes it
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError) as e:
+        train(tiny_config(tmp_path, steps=4, **kw), SyntheticDigits(), resume="auto")
+    msg = str(e.value)
+    assert "partitioned over 2 processes" in msg and "this run has 1" in msg and "ZeRO-0 fp32" in msg and "\n" not in msg
+    assert snapshot(tmp_path) == before

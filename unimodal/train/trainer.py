@@ -45,7 +45,7 @@ from . import run_state as ckpt
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, broadcast_object, init_distributed
 from .ema import EMA, gathered, param_chunks
-from .engine import create_engine, load_engine_state, set_lr
+from .engine import DS_TAG, create_engine, load_engine_state, set_lr
 from .metrics import LOSS_PARTS, MetricsLog
 from .schedules import lr_at
 
@@ -236,7 +236,7 @@ def train(
     error: UnimodalError | None = None
     if info.is_main:
         try:
-            lock, resume_dir = _open_run_dir(cfg, model_cfg, out, resume, overwrite, tokenizer)
+            lock, resume_dir = _open_run_dir(cfg, model_cfg, out, resume, overwrite, tokenizer, info.world_size)
         except UnimodalError as e:
             error = e
         except KeyboardInterrupt:
@@ -345,7 +345,8 @@ def train(
 
 
 def _open_run_dir(
-    cfg: TrainConfig, model_cfg: ModelConfig, out: Path, resume: str | Path | None, overwrite: bool, tokenizer: Any
+    cfg: TrainConfig, model_cfg: ModelConfig, out: Path, resume: str | Path | None, overwrite: bool, tokenizer: Any,
+    world: int = 1,
 ) -> tuple[RunLock, Path | None]:
     """Rank 0: check out_dir and the resume request, lock out_dir, then prepare it; returns (lock, resume dir).
 
@@ -355,11 +356,11 @@ def _open_run_dir(
     metrics.jsonl is cut back to the resumed step (so it never holds lines of steps that are
     trained again). The caller releases the lock.
     """
-    _preflight(cfg, model_cfg, out, resume, overwrite)  # reads only
+    _preflight(cfg, model_cfg, out, resume, overwrite, world=world)  # reads only
     lock = RunLock(out)
     lock.acquire()
     try:
-        resume_dir = _preflight(cfg, model_cfg, out, resume, overwrite, locked=True)
+        resume_dir = _preflight(cfg, model_cfg, out, resume, overwrite, locked=True, world=world)
         for line in schedule_changes(resume_dir, cfg) if resume_dir is not None else []:
             print(line, flush=True)  # rank 0 only: the caller is rank 0
         if overwrite and run_entries(out):
@@ -385,7 +386,8 @@ def _open_run_dir(
 
 
 def _preflight(
-    cfg: TrainConfig, model_cfg: ModelConfig, out: Path, resume: str | Path | None, overwrite: bool, locked: bool = False
+    cfg: TrainConfig, model_cfg: ModelConfig, out: Path, resume: str | Path | None, overwrite: bool, locked: bool = False,
+    world: int = 1,
 ) -> Path | None:
     """Every check on out_dir and the resume request, writing nothing; returns the checkpoint to resume from.
 
@@ -406,7 +408,26 @@ def _preflight(
     if resume_dir is not None:
         _check_fits(resume_dir, cfg, model_cfg)
         schedule_changes(resume_dir, cfg)  # refuses a change that would restart the warm-up
+        check_world_size(resume_dir, world)
     return resume_dir
+
+
+def check_world_size(resume_dir: Path, world: int) -> None:
+    """Refuse resuming a checkpoint whose optimizer state is partitioned over another number of processes.
+
+    Elastic resume (N processes -> M) is supported where DeepSpeed keeps the optimizer state
+    whole: ZeRO-0 in fp32. ZeRO 1-3 (and bf16, whose optimizer DeepSpeed partitions at stage 0
+    too) write one `*zero_pp_rank_<r>_*optim_states.pt` per rank; those resume on as many
+    processes only (DeepSpeed universal checkpoints are not wired in yet).
+    """
+    parts = sorted((resume_dir / ckpt.DS_DIR / DS_TAG).glob("*zero_pp_rank_*_optim_states.pt"))
+    if parts and len(parts) != world:
+        raise CheckpointError(
+            f"resume checkpoint {str(resume_dir)!r} holds optimizer state partitioned over {len(parts)} processes "
+            f"(ZeRO stage >= 1, or bf16), and this run has {world}: resume it on {len(parts)} processes. Resuming on "
+            f"another number of processes is supported for ZeRO-0 fp32 runs only (their optimizer state is whole); "
+            f"the data order then follows the global batch (batch_size x grad_accum x processes), not the world size"
+        )
 
 
 SCHEDULE_KEYS = ("steps", "lr", "schedule", "warmup_steps", "decay_frac", "min_lr_ratio")
