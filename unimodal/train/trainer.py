@@ -416,16 +416,17 @@ def check_world_size(resume_dir: Path, world: int) -> None:
     """Refuse resuming a checkpoint whose optimizer state is partitioned over another number of processes.
 
     Elastic resume (N processes -> M) is supported where DeepSpeed keeps the optimizer state
-    whole: ZeRO-0 in fp32. ZeRO 1-3 (and bf16, whose optimizer DeepSpeed partitions at stage 0
-    too) write one `*zero_pp_rank_<r>_*optim_states.pt` per rank; those resume on as many
-    processes only (DeepSpeed universal checkpoints are not wired in yet).
+    whole, in the model-states file: ZeRO-0. ZeRO 1-3 (and DeepSpeed's bf16 optimizer where it
+    partitions at stage 0) write one `*zero_pp_rank_<r>_*optim_states.pt` per rank; those resume
+    on as many processes only (DeepSpeed universal checkpoints are not wired in yet). The check
+    reads the files, so it holds whatever wrote them.
     """
     parts = sorted((resume_dir / ckpt.DS_DIR / DS_TAG).glob("*zero_pp_rank_*_optim_states.pt"))
     if parts and len(parts) != world:
         raise CheckpointError(
             f"resume checkpoint {str(resume_dir)!r} holds optimizer state partitioned over {len(parts)} processes "
-            f"(ZeRO stage >= 1, or bf16), and this run has {world}: resume it on {len(parts)} processes. Resuming on "
-            f"another number of processes is supported for ZeRO-0 fp32 runs only (their optimizer state is whole); "
+            f"(ZeRO stage >= 1), and this run has {world}: resume it on {len(parts)} processes. Resuming on "
+            f"another number of processes is supported for ZeRO-0 runs only (their optimizer state is whole); "
             f"the data order then follows the global batch (batch_size x grad_accum x processes), not the world size"
         )
 
