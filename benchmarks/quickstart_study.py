@@ -234,6 +234,14 @@ def diagnostics(ckpt_dir: Path, out: Path, n: int = 48) -> dict[str, Any]:
     return {"generated": gs, "real": rs, "gates": gate_magnitudes(ckpt.model), "grid": str(out / "t2i_grid.png")}
 
 
+def hist_reused(res: Any) -> bool:
+    return isinstance(res, argparse.Namespace)
+
+
+def sum_elapsed(history: list[dict[str, Any]]) -> float | None:
+    return history[-1].get("elapsed_s") if history else None
+
+
 # --- one job ---------------------------------------------------------------------------------------
 def run_job(name: str, minutes: float, seed: int) -> dict[str, Any]:
     from unimodal.eval import run_eval
@@ -250,8 +258,14 @@ def run_job(name: str, minutes: float, seed: int) -> dict[str, Any]:
                               "sample_every=0", "tensorboard=false"])
     print(f"[{key}] {steps} steps ({sps:.3f} s/step x {steps} = {steps * sps / 60:.1f} min)", flush=True)
     t0 = time.perf_counter()
-    res = train(cfg)
-    train_s = time.perf_counter() - t0
+    final = out / "run" / "checkpoints" / f"step_{steps:07d}"
+    if (final / "model.safetensors").is_file():  # trained by an earlier worker that died later: evaluate it
+        hist = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        res = argparse.Namespace(checkpoint=final, history=hist)
+        print(f"[{key}] reusing {final}", flush=True)
+    else:
+        res = train(cfg)
+    train_s = time.perf_counter() - t0 if not hist_reused(res) else sum_elapsed(res.history)
     hist = res.history
     tail = [h for h in hist[-max(1, len(hist) // 10):]]
     loss_tail = {k: sum(h[k] for h in tail if k in h) / max(1, sum(k in h for h in tail)) for k in ("loss", "diffusion", "text")}
@@ -411,6 +425,8 @@ def main() -> None:
             with locked() as doc:
                 doc["runs"][key] = row
                 plot(doc, PLOT_PATH)
+        except Exception as e:  # one failed job does not stop the worker's queue
+            print(f"[{key}] FAILED: {type(e).__name__}: {e}", flush=True)
         finally:
             (RUNS / "claims" / key).unlink(missing_ok=True)
 
