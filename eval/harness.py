@@ -91,6 +91,18 @@ def check_data(task: EvalTaskConfig) -> None:
     """Fail before any work when a task's dataset, split, options or downloaded files are wrong."""
     from unimodal.data.registry import check_dataset
 
+    if task.reference_npz:  # the ADM reference batch: its arrays are checked from their headers
+        from .reference import npz_arrays
+
+        npz_arrays(task.reference_npz)
+        if task.head == "class_to_image":
+            return  # with an npz reference, class->image reads no dataset records
+    empty = [k for k, v in task.options.items() if v == ""]
+    if empty:
+        raise EvalError(
+            f"eval task {task.name!r}: options {empty} are empty (an unset environment variable in {task.source or 'its file'}?); "
+            f"set them{' (' + ', '.join(task.env) + ')' if task.env else ''}, see the task's description in `unimodal eval --list`"
+        )
     for split in (task.split, task.train_split) if task.head == "probe" else (task.split,):
         try:
             check_dataset(task.dataset, split, **task.options)
