@@ -129,9 +129,11 @@ def test_torchrun_two_processes(tmp_path):
 
     got, want = losses(two), losses(one)
     assert [s for s, _ in got] == [1, 2] and [s for s, _ in want] == [1, 2]
-    assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-5)
+    assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-4)
     w2 = read_weights(ckpt / "model.safetensors")
     w1 = read_weights(one / "checkpoints" / "step_0000002" / "model.safetensors")
     assert w2.keys() == w1.keys()
+    # allreduce and grad accumulation sum in different orders; Adam can amplify that on near-zero gradients
+    # to ~lr/100 on single elements, while a data bug moves the loss by ~0.45
     for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-4)

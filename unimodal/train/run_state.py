@@ -157,6 +157,10 @@ def write_checkpoint(
     error: BaseException | None = None
     try:
         engine.save_checkpoint(str(stage), tag=DS_TAG, client_state=client_state, save_latest=False)
+    except KeyboardInterrupt:  # Ctrl-C mid-save: leave no staging behind, then stop
+        if dist_info.is_main:
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
     except Exception as e:  # noqa: BLE001 - reported to every rank below
         error = e
     failed = any_rank(error is not None, dist_info.device)
