@@ -243,18 +243,26 @@ def _record_kind(record: Any, file: Path) -> str:
     )
 
 
-def _image_from_record(value: Any, file: Path, index: int, allow_outside_root: bool = False) -> dict[str, Any]:
-    path: str | None = None
-    data: bytes | None = None
+def image_parts(value: Any) -> tuple[bytes | None, str | None]:
+    """(bytes, path) of a record's image value: a path, raw bytes, or ``{"bytes", "path"}`` (HF's image dict).
+
+    Raises:
+        TypeError: any other value, with the sentence that names what is accepted.
+    """
     if isinstance(value, dict):
-        data, path = value.get("bytes"), value.get("path")
-    elif isinstance(value, (bytes, bytearray)):
-        data = bytes(value)
-    elif isinstance(value, str):
-        path = value
-    else:
-        problem = f"expected a path, bytes or {{'bytes', 'path'}}, got {type(value).__name__}"
-        raise RecordError(file, index, "image", problem)
+        return value.get("bytes"), value.get("path")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value), None
+    if isinstance(value, str):
+        return None, value
+    raise TypeError(f"expected an image path, bytes or {{'bytes', 'path'}}, got {type(value).__name__}")
+
+
+def _image_from_record(value: Any, file: Path, index: int, allow_outside_root: bool = False) -> dict[str, Any]:
+    try:
+        data, path = image_parts(value)
+    except TypeError as e:
+        raise RecordError(file, index, "image", str(e)) from None
     if data is None:
         if not path:
             raise RecordError(file, index, "image", "has neither bytes nor a path")

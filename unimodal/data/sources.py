@@ -61,7 +61,7 @@ from typing import Any
 
 import datasets
 
-from unimodal.data.local import IMAGE_EXTENSIONS, _checked_image_bytes, one_line
+from unimodal.data.local import IMAGE_EXTENSIONS, _checked_image_bytes, image_parts, one_line
 from unimodal.data.registry import DatasetSource, format_card, register_dataset
 
 from ..errors import ConfigError, DataError, MissingFileError, RecordError
@@ -304,16 +304,10 @@ def _source_field(column: str, record: dict[str, Any], columns: dict[str, str]) 
 
 
 def _image(value: Any, root: Path | None, allow_outside_root: bool) -> dict[str, Any]:
-    data: bytes | None = None
-    path: str | None = None
-    if isinstance(value, dict):
-        data, path = value.get("bytes"), value.get("path")
-    elif isinstance(value, (bytes, bytearray)):
-        data = bytes(value)
-    elif isinstance(value, str):
-        path = value
-    else:
-        raise _BadRecord(f"expected an image path, bytes or {{bytes, path}}, got {type(value).__name__}", "image")
+    try:
+        data, path = image_parts(value)
+    except TypeError as e:
+        raise _BadRecord(str(e), "image") from None
     if data is None:
         if not path:
             raise _BadRecord("has neither bytes nor a path", "image")
