@@ -325,7 +325,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     runs = [r for r in doc["runs"].values() if r.get("seed", 0) == 0]
     repeats = [r for r in doc["runs"].values() if r.get("seed", 0) != 0]
     variants = sorted({r["variant"] for r in runs}, key=lambda v: list(VARIANTS).index(v) if v in VARIANTS else 99)
-    xs_all = sorted({r["minutes_budget"] for r in doc["runs"].values()}) or [5, 10]
+    xs_all = sorted({5.0, 10.0, 20.0, 40.0} | {r["minutes_budget"] for r in doc["runs"].values()})  # the study's budgets
     W, H, m = 300, 240, 40
     legend_h = 16 * (len(variants) + 1)
     img = Image.new("RGB", (W * len(MEASURES), H + legend_h), "white")
