@@ -39,7 +39,7 @@ from typing import Any, Iterable, Literal
 
 import yaml
 
-from unimodal.errors import check_float, check_positive_int, suggest, unknown
+from unimodal.errors import check_fields, check_float, check_positive_int, suggest, unknown
 
 from .errors import EvalError
 
@@ -189,10 +189,7 @@ class EvalTaskConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvalTaskConfig":
-        valid = [f.name for f in fields(cls)]
-        for k in d:
-            if k not in valid:
-                raise EvalError(f"task {d.get('name', '?')!r} ({d.get('source', '')}): unknown field {k!r}; valid fields: {valid}.{suggest(k, valid)}")
+        check_fields(d, [f.name for f in fields(cls)], "field", where=f"task {d.get('name', '?')!r} ({d.get('source', '')}): ", cls=EvalError)
         for k in ("name", "head", "dataset", "metrics"):
             if k not in d:
                 raise EvalError(f"task file {d.get('source', '?')} needs {k!r}")

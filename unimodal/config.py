@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError, suggest  # re-exported
+from .errors import ConfigError, check_fields, suggest  # re-exported
 
 ATTN_BACKENDS = ("auto", "sdpa", "flex")
 ROPE_STYLES = ("mrope", "acdit")
@@ -183,11 +183,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         """Build from a mapping, rejecting unknown keys by name."""
-        valid = [f.name for f in fields(cls)]
-        unknown = [k for k in d if k not in valid]
-        if unknown:
-            k = unknown[0]
-            raise ConfigError(f"unknown ModelConfig field {k!r}; valid fields: {valid}.{suggest(k, valid)}")
+        check_fields(d, [f.name for f in fields(cls)], "ModelConfig field")
         return cls(**d)
 
     @classmethod
@@ -287,8 +283,5 @@ class VisualConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VisualConfig":
-        valid = [f.name for f in fields(cls)]
-        for k in d:
-            if k not in valid:
-                raise ConfigError(f"unknown VisualConfig field {k!r}; valid fields: {valid}.{suggest(k, valid)}")
+        check_fields(d, [f.name for f in fields(cls)], "VisualConfig field")
         return cls(**d)

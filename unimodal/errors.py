@@ -109,6 +109,19 @@ def unknown(what: str, name: object, valid: Iterable[str], cls: type[UnimodalErr
     return cls(f"unknown {what} {name!r}; valid: {', '.join(valid) or '(none)'}.{suggest(str(name), valid)}")
 
 
+def check_fields(
+    d: Iterable[str], valid: Iterable[str], what: str, *, where: str = "", plural: str = "fields", cls: type[UnimodalError] = ConfigError
+) -> None:
+    """Raise ``cls`` naming the first key of ``d`` not in ``valid``, the valid ones and the close matches.
+
+    The message reads ``{where}unknown {what} 'k'; valid {plural}: [...]. Did you mean ...?``.
+    """
+    valid = list(valid)
+    for k in d:
+        if k not in valid:
+            raise cls(f"{where}unknown {what} {k!r}; valid {plural}: {valid}.{suggest(str(k), valid)}")
+
+
 def check_positive_int(name: str, value: object, *, minimum: int = 1, cls: type[UnimodalError] = ConfigError) -> int:
     """Return ``value`` as an int if it is an integer >= ``minimum`` (bools refused), else raise ``cls``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

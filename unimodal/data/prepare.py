@@ -49,7 +49,7 @@ import torch
 
 from ..atomic import atomic_path, remove_orphans, write_text
 from ..config import VisualConfig
-from ..errors import ConfigError, DataError, MissingFileError
+from ..errors import ConfigError, DataError, MissingFileError, check_fields
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -97,10 +97,7 @@ class SourceSpec:
             spec = yaml.safe_load(path.read_text()) or {}
             if not isinstance(spec, dict):
                 raise ConfigError(f"--source {path}: expected a mapping with dataset, split, options, visual")
-        valid = [f for f in cls.__dataclass_fields__]
-        unknown = sorted(set(spec) - set(valid))
-        if unknown:
-            raise ConfigError(f"source spec: unknown key(s) {unknown}; valid: {valid}")
+        check_fields(spec, list(cls.__dataclass_fields__), "key", where="source spec: ", plural="keys")
         return cls(**spec)
 
     def visual_config(self, vae_dir: str | None = None) -> VisualConfig:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError, suggest
+from ..errors import ConfigError, check_fields, suggest
 
 SIDES = ("text", "visual", "all")
 PARTS = ("text", "visual", "all")
@@ -89,10 +89,7 @@ class LoraSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LoraSpec":
-        valid = [f.name for f in fields(cls)]
-        for k in d:
-            if k not in valid:
-                raise ConfigError(f"unknown lora key {k!r}; valid keys: {valid[:-1]}.{suggest(str(k), valid)}")
+        check_fields(d, [f.name for f in fields(cls)][:-1], "lora key", plural="keys")  # `modules` is filled, not set
         spec = cls(**d)
         spec.validate()
         return spec
