@@ -43,6 +43,7 @@ from unimodal.run_dir import RunLock, check_lock, check_writable, is_disk_full, 
 
 from . import run_state as ckpt
 from .config import TrainConfig
+from .data_side import data_side
 from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, broadcast_object, init_distributed
 from .ema import EMA, gathered, param_chunks
 from .engine import DS_TAG, create_engine, load_engine_state, set_lr
@@ -107,7 +108,7 @@ def example_noise(
 
 # --- data and tokenizer ------------------------------------------------------------------------------
 def build_tokenizer(cfg: TrainConfig) -> Any:
-    """The text tokenizer: `tokenizer.path` (a saved TextTokenizer), else the data side's `build_tokenizer`, else None."""
+    """The text tokenizer: the LLM's (`init.llm`), `tokenizer.path` (a saved TextTokenizer), else the data side's."""
     if cfg.init.get("llm"):  # the pretrained LLM's tokenizer (unimodal.llm_init)
         from unimodal.llm_init.recipe import recipe_tokenizer
 
@@ -117,31 +118,19 @@ def build_tokenizer(cfg: TrainConfig) -> Any:
         from unimodal.tokenizers.text import TextTokenizer
 
         return TextTokenizer.load(path)
-    try:
-        from unimodal.tasks import build_tokenizer as data_tokenizer  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return data_tokenizer(cfg)
+    return data_side().build_tokenizer(cfg)
 
 
 def default_sample_hook(source: BatchSource, out: Path, schedule: Any) -> SampleHook | None:
-    """Progress samples of every task in a task mixture (`unimodal.tasks.progress`); None for other sources."""
-    try:
-        from unimodal.tasks import TaskMixture
-        from unimodal.tasks.progress import ProgressSamples
-    except ImportError:
-        return None
-    return ProgressSamples(source, out, schedule) if isinstance(source, TaskMixture) else None
+    """Progress samples of the data side (task mixtures: `unimodal.tasks.progress`); None for other sources."""
+    return data_side().sample_hook(source, out, schedule)
 
 
 def build_source(cfg: TrainConfig, model_cfg: ModelConfig, tokenizer: Any) -> BatchSource:
+    """The batch source of `cfg.tasks`, built by the data side (`unimodal.train.data_side`)."""
     if not cfg.tasks:
         raise ConfigError("TrainConfig.tasks is empty: list at least one task ({name, dataset, weight})")
-    try:
-        from unimodal.tasks import build_batch_source
-    except ImportError as e:
-        raise ConfigError(f"no batch source given and unimodal.tasks cannot build one: {e}") from None
-    return build_batch_source(cfg, model_cfg, cfg.visual_config(), tokenizer)
+    return data_side().build_source(cfg, model_cfg, cfg.visual_config(), tokenizer)
 
 
 # --- weights -----------------------------------------------------------------------------------------
