@@ -89,7 +89,7 @@ class LoraSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LoraSpec":
-        check_fields(d, [f.name for f in fields(cls)][:-1], "lora key", plural="keys")  # `modules` is filled, not set
+        check_fields(d, [f.name for f in fields(cls)], "lora key", plural="keys")  # `modules` round-trips from a checkpoint
         spec = cls(**d)
         spec.validate()
         return spec

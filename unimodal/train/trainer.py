@@ -219,20 +219,7 @@ def train(
     if sample_hook is None and cfg.sample_every and info.is_main:
         sample_hook = default_sample_hook(source, out, schedule.config)
 
-    # Rank 0 checks, locks and prepares out_dir; every rank learns the outcome (and raises the same error).
-    lock: RunLock | None = None
-    resume_dir: Path | None = None
-    error: UnimodalError | None = None
-    if info.is_main:
-        try:
-            lock, resume_dir = _open_run_dir(cfg, model_cfg, out, resume, overwrite, tokenizer, info.world_size)
-        except UnimodalError as e:
-            error = e
-        except KeyboardInterrupt:
-            error = Interrupted("interrupted before training started; nothing was trained")
-    resume_dir, error = broadcast_object((resume_dir, error))
-    if error is not None:
-        raise error
+    lock, resume_dir = _claim_run_dir(cfg, model_cfg, out, resume, overwrite, tokenizer, info)
     tokenizer_dir = _tokenizer_dir(cfg, tokenizer, out)
     last_ckpt = resume_dir
     step_done = 0
@@ -254,53 +241,17 @@ def train(
             history: list[dict[str, float]] = []
 
             def save(step: int) -> Path:
-                if not params_finite(engine.module, info.device):
-                    raise TrainingDiverged(
-                        f"weights became NaN/inf by step {step}; not saving. Last good checkpoint: {last_ckpt or 'none'}"
-                    )
-                state = full_state(engine.module, keep=info.is_main)
-
-                def write_weights(path: Path) -> Path:
-                    return save_checkpoint(
-                        path, _Weights(model_cfg, state), ema=ema.state_dict(state) if ema is not None else None,  # frozen: live
-                        visual=visual, schedule=schedule.config, tokenizer_dir=tokenizer_dir,
-                        extra={"train": cfg.to_dict(), "tasks": cfg.tasks}, meta={"step": step, "world_size": info.world_size},
-                        lora=lora,
-                    )
-
-                path = ckpt.write_checkpoint(engine, root, step, info, {"step": step}, write_weights)
-                if info.is_main:
-                    for p in ckpt.prune(root, cfg.keep_last):
-                        log.message(f"removed old checkpoint {p.name}")
-                barrier()
-                return path
+                return _save(engine, ema, lora, step, cfg, model_cfg, visual, schedule, tokenizer_dir, root, info, log, last_ckpt)
 
             engine.train()
-            world, gas, B = info.world_size, cfg.grad_accum, cfg.batch_size
             own_grad_norm = cfg.resolved_zero_stage == 0 and model.precision == "fp32"  # DeepSpeed reports none there
             grad_norm = None
             for step in range(start, cfg.steps):
                 t0 = time.perf_counter()
                 lr = lr_at(cfg.schedule, step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.decay_frac, cfg.min_lr_ratio)
                 set_lr(optimizer, lr)
-                totals = torch.zeros(_STATS, dtype=torch.float64)
-                for micro in range(gas):
-                    vrank = micro * world + info.rank  # this micro-batch's slice of the global batch
-                    batch = source.batch(step, vrank, world * gas, B).to(info.device)
-                    t, noise = example_noise(batch, schedule, cfg.seed, step, vrank * B)  # rows <= B even when packed
-                    parts = compute_loss(engine, batch, schedule, weights, t=t, noise=noise)
-                    stats = _global_stats(parts, batch, info.device)  # a collective: every rank learns of a NaN anywhere
-                    bad = [f"{k} is NaN/inf on {int(stats[3 * j + 2])} rank(s)" for j, k in enumerate(LOSS_PARTS) if stats[3 * j + 2]]
-                    if bad:
-                        raise TrainingDiverged(
-                            f"non-finite loss at step {step + 1} (batch source step {step}, micro-step {micro}): "
-                            f"{', '.join(bad)}; stopped without saving. Last good checkpoint: {last_ckpt or 'none'}"
-                        )
-                    totals += stats
-                    engine.backward(parts["loss"])
-                    if micro == gas - 1 and own_grad_norm:
-                        grad_norm = _grad_norm(engine.module)  # all-reduced, not yet clipped or cleared
-                    engine.step()
+                totals, own = _optimizer_step(engine, source, schedule, weights, cfg, info, step, own_grad_norm, last_ckpt)
+                grad_norm = own if own_grad_norm else grad_norm
                 done = step_done = step + 1
                 if ema is not None:
                     ema.update(engine.module, step=done)
@@ -331,6 +282,82 @@ def train(
         if lock is not None:
             lock.release()
     return TrainResult(step=max(start, cfg.steps), out_dir=out, checkpoint=last_ckpt, history=history)
+
+
+def _claim_run_dir(
+    cfg: TrainConfig, model_cfg: ModelConfig, out: Path, resume: str | Path | None, overwrite: bool, tokenizer: Any, info: DistInfo
+) -> tuple[RunLock | None, Path | None]:
+    """Rank 0 checks, locks and prepares out_dir; every rank learns the outcome (and raises the same error)."""
+    lock: RunLock | None = None
+    resume_dir: Path | None = None
+    error: UnimodalError | None = None
+    if info.is_main:
+        try:
+            lock, resume_dir = _open_run_dir(cfg, model_cfg, out, resume, overwrite, tokenizer, info.world_size)
+        except UnimodalError as e:
+            error = e
+        except KeyboardInterrupt:
+            error = Interrupted("interrupted before training started; nothing was trained")
+    resume_dir, error = broadcast_object((resume_dir, error))
+    if error is not None:
+        raise error
+    return lock, resume_dir
+
+
+def _optimizer_step(
+    engine: Any, source: BatchSource, schedule: NoiseSchedule, weights: Any, cfg: TrainConfig, info: DistInfo,
+    step: int, own_grad_norm: bool, last_ckpt: Path | None,
+) -> tuple[torch.Tensor, float | None]:
+    """One optimizer step over `cfg.grad_accum` micro-batches: (summed loss statistics, our grad norm or None).
+
+    Raises TrainingDiverged on every rank when any rank's loss is NaN/inf (nothing is stepped from it).
+    """
+    world, gas, B = info.world_size, cfg.grad_accum, cfg.batch_size
+    totals = torch.zeros(_STATS, dtype=torch.float64)
+    grad_norm = None
+    for micro in range(gas):
+        vrank = micro * world + info.rank  # this micro-batch's slice of the global batch
+        batch = source.batch(step, vrank, world * gas, B).to(info.device)
+        t, noise = example_noise(batch, schedule, cfg.seed, step, vrank * B)  # rows <= B even when packed
+        parts = compute_loss(engine, batch, schedule, weights, t=t, noise=noise)
+        stats = _global_stats(parts, batch, info.device)  # a collective: every rank learns of a NaN anywhere
+        bad = [f"{k} is NaN/inf on {int(stats[3 * j + 2])} rank(s)" for j, k in enumerate(LOSS_PARTS) if stats[3 * j + 2]]
+        if bad:
+            raise TrainingDiverged(
+                f"non-finite loss at step {step + 1} (batch source step {step}, micro-step {micro}): "
+                f"{', '.join(bad)}; stopped without saving. Last good checkpoint: {last_ckpt or 'none'}"
+            )
+        totals += stats
+        engine.backward(parts["loss"])
+        if micro == gas - 1 and own_grad_norm:
+            grad_norm = _grad_norm(engine.module)  # all-reduced, not yet clipped or cleared
+        engine.step()
+    return totals, grad_norm
+
+
+def _save(
+    engine: Any, ema: EMA | None, lora: Any, step: int, cfg: TrainConfig, model_cfg: ModelConfig, visual: Any,
+    schedule: NoiseSchedule, tokenizer_dir: Path | None, root: Path, info: DistInfo, log: MetricsLog, last_ckpt: Path | None,
+) -> Path:
+    """Write checkpoint `step` (weights, EMA, DeepSpeed state) and prune old ones; a collective on every rank."""
+    if not params_finite(engine.module, info.device):
+        raise TrainingDiverged(f"weights became NaN/inf by step {step}; not saving. Last good checkpoint: {last_ckpt or 'none'}")
+    state = full_state(engine.module, keep=info.is_main)
+
+    def write_weights(path: Path) -> Path:
+        return save_checkpoint(
+            path, _Weights(model_cfg, state), ema=ema.state_dict(state) if ema is not None else None,  # frozen: live
+            visual=visual, schedule=schedule.config, tokenizer_dir=tokenizer_dir,
+            extra={"train": cfg.to_dict(), "tasks": cfg.tasks}, meta={"step": step, "world_size": info.world_size},
+            lora=lora,
+        )
+
+    path = ckpt.write_checkpoint(engine, root, step, info, {"step": step}, write_weights)
+    if info.is_main:
+        for p in ckpt.prune(root, cfg.keep_last):
+            log.message(f"removed old checkpoint {p.name}")
+    barrier()
+    return path
 
 
 def _open_run_dir(
