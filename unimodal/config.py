@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError, check_fields, suggest  # re-exported
+from .registry import Registry
 
 ATTN_BACKENDS = ("auto", "sdpa", "flex")
 ROPE_STYLES = ("mrope", "acdit")
@@ -22,15 +23,14 @@ ROPE_FREQS = ("axis", "shared")
 ROPE_SCALINGS = ("linear", "llama3")
 MLP_KINDS = ("gelu", "swiglu")
 
-# name -> (n_layer, d_model); head dim is 64 for every preset (paper, DiT).
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(n_layer=2, d_model=128),  # CPU tests: 2 heads
-    "S": dict(n_layer=12, d_model=384),  # DiT-S size: 6 heads
-    "B": dict(n_layer=12, d_model=768),  # ACDiT-B 132M
-    "L": dict(n_layer=24, d_model=1024),  # ACDiT-L 460M
-    "XL": dict(n_layer=28, d_model=1152),  # ACDiT-XL 677M
-    "H": dict(n_layer=32, d_model=1280),  # ACDiT-H 954M
-}
+# name -> ModelConfig fields (n_layer, d_model); head dim is 64 for every preset (paper, DiT).
+PRESETS: Registry[dict[str, Any]] = Registry("model preset", ConfigError)
+PRESETS.add("tiny", dict(n_layer=2, d_model=128))  # CPU tests: 2 heads
+PRESETS.add("S", dict(n_layer=12, d_model=384))  # DiT-S size: 6 heads
+PRESETS.add("B", dict(n_layer=12, d_model=768))  # ACDiT-B 132M
+PRESETS.add("L", dict(n_layer=24, d_model=1024))  # ACDiT-L 460M
+PRESETS.add("XL", dict(n_layer=28, d_model=1152))  # ACDiT-XL 677M
+PRESETS.add("H", dict(n_layer=32, d_model=1280))  # ACDiT-H 954M
 
 
 @dataclass(frozen=True)
