@@ -41,20 +41,17 @@ from diffusers import (
 from unimodal.diffusion.schedule import NoiseSchedule, ScheduleConfig
 
 from ..errors import ConfigError, check_float, suggest
+from ..registry import Registry
 
 # name -> (diffusers class, constructor defaults). clip_sample is off: latents are not confined to [-1, 1].
-_SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
-    "ddpm": (DDPMScheduler, dict(timestep_spacing="leading", clip_sample=False, variance_type="fixed_small")),
-    "ddim": (DDIMScheduler, dict(timestep_spacing="leading", clip_sample=False, set_alpha_to_one=True)),
-    # ACDiT samples with DPMSolverMultistepScheduler.from_config(DDIMScheduler().config). from_config skips
-    # every key the DDIM scheduler left at its default (config["_use_default_values"]), so that is the plain
-    # DPM-Solver++ default: 2nd order, "linspace" spacing (25 steps: 999, 959, ..., 40), not DDIM's "leading".
-    "dpm++": (
-        DPMSolverMultistepScheduler,
-        dict(algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="linspace"),
-    ),
-    "euler": (EulerDiscreteScheduler, dict(timestep_spacing="leading")),
-}
+_SAMPLERS: Registry[tuple[type, dict[str, Any]]] = Registry("sampler", ConfigError)
+_SAMPLERS.add("ddpm", (DDPMScheduler, dict(timestep_spacing="leading", clip_sample=False, variance_type="fixed_small")))
+_SAMPLERS.add("ddim", (DDIMScheduler, dict(timestep_spacing="leading", clip_sample=False, set_alpha_to_one=True)))
+# ACDiT samples with DPMSolverMultistepScheduler.from_config(DDIMScheduler().config). from_config skips
+# every key the DDIM scheduler left at its default (config["_use_default_values"]), so that is the plain
+# DPM-Solver++ default: 2nd order, "linspace" spacing (25 steps: 999, 959, ..., 40), not DDIM's "leading".
+_SAMPLERS.add("dpm++", (DPMSolverMultistepScheduler, dict(algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="linspace")))
+_SAMPLERS.add("euler", (EulerDiscreteScheduler, dict(timestep_spacing="leading")))
 _ALIASES = {"dpmsolver++": "dpm++"}
 # the samplers of flow-matching schedules (same names: the same solver family in the flow parameterisation)
 FLOW_SAMPLERS = ("dpm++", "euler", "heun")
