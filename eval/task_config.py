@@ -40,6 +40,7 @@ from typing import Any, Iterable, Literal
 import yaml
 
 from unimodal.errors import check_fields, check_float, check_positive_int, suggest, unknown
+from unimodal.registry import Registry
 
 from .errors import EvalError
 
@@ -255,7 +256,9 @@ class TaskRegistry:
             self.roots.append(directory.resolve())
             for f in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
                 self.versions.setdefault(str(_read(f).get("name", f.stem)), []).append(f)
-        self.files = {name: files[-1] for name, files in self.versions.items()}
+        self.files: Registry[Path] = Registry("eval task", EvalError)  # name -> the file that wins (user over shipped)
+        for name, files in self.versions.items():
+            self.files.add(name, files[-1])
 
     def names(self) -> list[str]:
         return sorted(self.files)
@@ -265,9 +268,8 @@ class TaskRegistry:
 
         ``expand=False`` leaves ``${VAR}`` literal (for listing tasks whose variables are not set).
         """
-        if name not in self.files:
-            raise EvalError(f"unknown eval task {name!r}.{suggest(name, self.names())} Available: {', '.join(self.names())}")
-        data, declared = self._resolve(self.files[name], ())
+        file = self.files.get(name)  # an unknown name lists the tasks and the close matches
+        data, declared = self._resolve(file, ())
         if expand:
             data = _expand(data, set(ALLOWED_ENV) | declared, str(self.files[name]))
         return EvalTaskConfig.from_dict({**data, "env": sorted(declared), "name": name, "source": str(self.files[name])})
