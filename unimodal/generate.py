@@ -29,7 +29,7 @@ import torch
 
 from .batch import Example, SequenceBatch, collate
 from .config import PAPER_SAMPLING
-from .diffusion.samplers import classifier_free_guidance, create_sampler
+from .diffusion.samplers import Sampler, classifier_free_guidance, create_sampler
 from .diffusion.schedule import ScheduleConfig
 from .errors import ConfigError
 from .layout import (
@@ -393,24 +393,9 @@ class Generator:
         C = self.model.cfg.token_dim
         rows = torch.ones(self.B, dtype=torch.bool, device=self.device) if rows is None else rows.to(self.device)
         guided = sampling.cfg_scale != 1.0
-        if guided and class_labels is None and self.uncond is None:
-            raise ConfigError("cfg_scale != 1 needs class_labels (class guidance) or an unconditional context (prefill uncond=)")
-        if class_labels is not None:
-            if self.model.y_embedder is None:
-                raise ConfigError("this model has no class embedding (num_classes=0): do not pass class_labels")
-            class_labels = class_labels.to(self.device)
-            bad = (class_labels >= self.model.cfg.num_classes) | (class_labels < -1)
-            if bool(bad.any()):
-                raise ConfigError(f"class label {class_labels[bad][0].item()} is invalid: valid are 0..{self.model.cfg.num_classes - 1} (or -1 = null)")
+        class_labels = self._check_visual_request(segment, guided, class_labels, max_context, window)
         full = type(segment)(**{**segment.__dict__, "noisy": False})
         n_blocks = full.num_blocks
-        if window is not None:
-            if not isinstance(segment, Video):
-                raise ConfigError(f"window={window} applies to Video segments only, got {type(segment).__name__}")
-            if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-                raise ConfigError(f"window={window!r} is invalid: must be a positive number of blocks")
-            if max_context is not None:
-                raise ConfigError("give max_context (tokens, positions grow) or window (blocks, positions re-based), not both")
         sliding = window is not None and n_blocks > window
         # positions and in-block token order come from the segment, or (sliding) from its first window+1 blocks
         shape = Video((window + 1) * full.frames_per_block, full.h, full.w, full.frames_per_block, noisy=False) if sliding else full
@@ -440,23 +425,7 @@ class Generator:
             idx = torch.from_numpy(blk.tokens).to(self.device)
             units, pos = zip(*(layout_columns(c, *blk.clean, self.device) for c in conts))  # each (B, n), (B, n, 3)
             dmat = doc[:, None].expand(-1, n)
-            x = torch.randn(self.B, n, C, generator=self.gen).to(self.device) * sampler.init_noise_sigma
-            sampler.reset()
-            for t in sampler.timesteps:
-                tt = torch.full((self.B,), int(t), dtype=torch.long, device=self.device)
-                if shared:
-                    new = token_batch(units[0].repeat(2, 1), pos[0].repeat(2, 1, 1), dmat.repeat(2, 1),
-                                      visual=x.repeat(2, 1, 1), noisy=True, modality=modality, t=tt.repeat(2),
-                                      y=torch.cat([class_labels, null]), token_dim=C)
-                    e_c, e_u = self.ctx.run(new, update=False).pred.chunk(2)
-                else:
-                    e_c, e_u = [
-                        ctx.run(token_batch(u, p, dmat, visual=x, noisy=True, modality=modality, t=tt, y=y, token_dim=C),
-                                update=False).pred
-                        for ctx, u, p, y in zip(contexts, units, pos, labels)
-                    ] + [None] * (2 - len(contexts))
-                eps = e_c if e_u is None else classifier_free_guidance(e_c, e_u, sampling.cfg_scale)
-                x = sampler.step(eps, t, x, generator=self.gen)
+            x = self._denoise_block(sampler, sampling.cfg_scale, contexts, shared, units, pos, dmat, modality, labels, n)
             if window is not None:
                 recent = (recent + [x])[-window:]
             if not sliding or b < window:  # the finished block joins the clean past
@@ -475,6 +444,53 @@ class Generator:
         self.logits = None
         if out_tokens is not None:
             yield VisualEvent(segment, out_tokens, rows)
+
+    def _check_visual_request(
+        self, segment: Image | Video, guided: bool, class_labels: torch.Tensor | None, max_context: int | None, window: int | None
+    ) -> torch.Tensor | None:
+        """ConfigError for a request `stream_visual` cannot serve; the class labels on the device."""
+        if guided and class_labels is None and self.uncond is None:
+            raise ConfigError("cfg_scale != 1 needs class_labels (class guidance) or an unconditional context (prefill uncond=)")
+        if class_labels is not None:
+            if self.model.y_embedder is None:
+                raise ConfigError("this model has no class embedding (num_classes=0): do not pass class_labels")
+            class_labels = class_labels.to(self.device)
+            bad = (class_labels >= self.model.cfg.num_classes) | (class_labels < -1)
+            if bool(bad.any()):
+                raise ConfigError(f"class label {class_labels[bad][0].item()} is invalid: valid are 0..{self.model.cfg.num_classes - 1} (or -1 = null)")
+        if window is not None:
+            if not isinstance(segment, Video):
+                raise ConfigError(f"window={window} applies to Video segments only, got {type(segment).__name__}")
+            if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+                raise ConfigError(f"window={window!r} is invalid: must be a positive number of blocks")
+            if max_context is not None:
+                raise ConfigError("give max_context (tokens, positions grow) or window (blocks, positions re-based), not both")
+        return class_labels
+
+    def _denoise_block(
+        self, sampler: Sampler, cfg_scale: float, contexts: list[Context], shared: bool, units: tuple, pos: tuple,
+        dmat: torch.Tensor, modality: int, labels: list, n: int,
+    ) -> torch.Tensor:
+        """One block's full sampler run from noise, guided (one shared cache, or one context per branch)."""
+        C = self.model.cfg.token_dim
+        x = torch.randn(self.B, n, C, generator=self.gen).to(self.device) * sampler.init_noise_sigma
+        sampler.reset()
+        for t in sampler.timesteps:
+            tt = torch.full((self.B,), int(t), dtype=torch.long, device=self.device)
+            if shared:  # class guidance: [cond; uncond] stacked on the batch over one cache
+                new = token_batch(units[0].repeat(2, 1), pos[0].repeat(2, 1, 1), dmat.repeat(2, 1),
+                                  visual=x.repeat(2, 1, 1), noisy=True, modality=modality, t=tt.repeat(2),
+                                  y=torch.cat([labels[0], torch.full_like(labels[0], -1)]), token_dim=C)
+                e_c, e_u = self.ctx.run(new, update=False).pred.chunk(2)
+            else:
+                e_c, e_u = [
+                    ctx.run(token_batch(u, p, dmat, visual=x, noisy=True, modality=modality, t=tt, y=y, token_dim=C),
+                            update=False).pred
+                    for ctx, u, p, y in zip(contexts, units, pos, labels)
+                ] + [None] * (2 - len(contexts))
+            pred = e_c if e_u is None else classifier_free_guidance(e_c, e_u, cfg_scale)
+            x = sampler.step(pred, t, x, generator=self.gen)
+        return x
 
     def _reencode(
         self, contexts: list[Context], before: list[tuple], recent: list[torch.Tensor],
