@@ -21,6 +21,7 @@ tests compare the cache against. The engine never knows which one it drives.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -475,6 +476,19 @@ class Generator:
         C = self.model.cfg.token_dim
         x = torch.randn(self.B, n, C, generator=self.gen).to(self.device) * sampler.init_noise_sigma
         sampler.reset()
+        # bf16 models: one autocast region per block, so the weights are cast to bf16 once per block
+        # (autocast caches the casts until its outermost region exits) rather than at every step
+        bf16 = getattr(self.model, "precision", "fp32") == "bf16"
+        region = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with region:
+            x = self._denoise_steps(sampler, cfg_scale, contexts, shared, units, pos, dmat, modality, labels, x)
+        return x
+
+    def _denoise_steps(
+        self, sampler: Sampler, cfg_scale: float, contexts: list[Context], shared: bool, units: tuple, pos: tuple,
+        dmat: torch.Tensor, modality: int, labels: list, x: torch.Tensor,
+    ) -> torch.Tensor:
+        C = self.model.cfg.token_dim
         for t in sampler.timesteps:
             tt = torch.full((self.B,), int(t), dtype=torch.long, device=self.device)
             if shared:  # class guidance: [cond; uncond] stacked on the batch over one cache
