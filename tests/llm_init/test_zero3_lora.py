@@ -3,43 +3,22 @@ an exact resume, adapters saved with the checkpoint and merged by `unimodal expo
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from llm_helpers import make_llm
+from model_helpers import run_ranks
 
 from unimodal.checkpoint import ADAPTER_FILE, load_checkpoint, read_weights
 from unimodal.cli import main
 from unimodal.llm_init.finetune import side_of
-from unimodal.train.distributed import free_port
 
 WORKER = Path(__file__).with_name("lora_worker.py")
 
 
 def launch(out: Path, llm: Path, world: int = 2, timeout: float = 400.0) -> list[dict]:
-    port = str(free_port())
-    procs = []
-    for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out), str(llm)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=timeout)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for rank, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {rank} failed:\n{log[-4000:]}"
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+    return run_ranks(WORKER, [str(out), str(llm)], out, world, timeout)
 
 
 @pytest.mark.multiprocess

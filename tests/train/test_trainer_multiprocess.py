@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from model_helpers import run_ranks
 from synthetic_source import SyntheticDigits, tiny_config
 
 from unimodal.checkpoint import read_weights
 from unimodal.train import train
-from unimodal.train.distributed import free_port
 
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 B, STEPS = 2, 4  # per-rank batch, steps
@@ -22,24 +18,7 @@ B, STEPS = 2, 4  # per-rank batch, steps
 
 def launch(out: Path, world: int = 2, timeout: float = 240.0) -> list[dict]:
     """Start `world` ranks with the variables torchrun would set; return each rank's JSON result."""
-    port = str(free_port())
-    procs = []
-    for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out), str(B), str(STEPS)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=timeout)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for rank, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {rank} failed:\n{log[-4000:]}"
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+    return run_ranks(WORKER, [str(out), str(B), str(STEPS)], out, world, timeout)
 
 
 @pytest.mark.multiprocess
