@@ -1,5 +1,7 @@
 """The generation engine: cached runs equal full recomputation; guidance variants agree."""
 
+import dataclasses
+
 import pytest
 import torch
 from model_helpers import randomize_
@@ -205,3 +207,27 @@ def test_text_sampling_and_prefill_validation(model):
     noisy = Example(Layout([Text([1]), Image(2, 2, 1, 2)]), torch.zeros(4, C))
     with pytest.raises(ValueError, match="context 1 has noisy blocks"):
         g.prefill([prompts()[0], noisy])
+
+
+def test_one_noisy_block_fast_path_equals_the_general_forward(model):
+    """The denoising step's broadcast modulation (one_noisy_block) gives the gathered path's outputs,
+    with a cached past and rows that are padding; a batch of two block slots is refused."""
+    from unimodal.errors import ConfigError
+    from unimodal.generate import Context, token_batch
+    from unimodal.layout import IMAGE, PAD_DOC
+
+    ctx = Context(model, 3, torch.device("cpu"))
+    ctx.prefill(prompts())
+    g = torch.Generator().manual_seed(3)
+    unit = torch.arange(6).repeat(3, 1) + 20
+    pos = torch.randint(0, 9, (3, 6, 3), generator=g)
+    doc = torch.tensor([0, PAD_DOC, 0])[:, None].expand(-1, 6)
+    new = token_batch(unit, pos, doc, visual=torch.randn(3, 6, C, generator=g), noisy=True, modality=IMAGE,
+                      t=torch.tensor([5, 500, 999]), y=torch.tensor([1, -1, 4]), token_dim=C)
+    slow = ctx.run(new, update=False).pred
+    fast = ctx.run(new, update=False, one_noisy_block=True).pred
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    assert slow.abs().mean() > 0.01
+    two = dataclasses.replace(new, t=new.t.repeat(1, 2), y=new.y.repeat(1, 2))
+    with pytest.raises(ConfigError, match="one noisy block slot"):
+        model(two, cache=ctx.cache, one_noisy_block=True)

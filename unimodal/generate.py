@@ -129,10 +129,13 @@ class Context:
         self.next_unit = np.zeros(batch_size, dtype=np.int64)
         self.next_pos = np.zeros(batch_size, dtype=np.int64)
 
-    def run(self, new: SequenceBatch, update: bool) -> ModelOutput:
-        """Outputs for the new tokens, which see the past and themselves; append them when `update`."""
+    def run(self, new: SequenceBatch, update: bool, one_noisy_block: bool = False) -> ModelOutput:
+        """Outputs for the new tokens, which see the past and themselves; append them when `update`.
+
+        `one_noisy_block`: the new tokens are one noisy block per row (a denoising step), see `ACDiT.forward_fp`.
+        """
         if self.use_cache:
-            return self.model(new, cache=self.cache, update_cache=update)
+            return self.model(new, cache=self.cache, update_cache=update, one_noisy_block=one_noisy_block)
         if self.history is None:
             full, n_past = new, 0
         else:
@@ -152,7 +155,7 @@ class Context:
                 text_target=torch.cat([h.text_target.repeat(rep, 1), new.text_target], 1),
             )
             n_past = h.unit.shape[1]
-        out = self.model(full)
+        out = self.model(full)  # the past is clean: not one noisy block
         if update:
             self.history = full
         n = new.unit.shape[1]
@@ -495,11 +498,11 @@ class Generator:
                 new = token_batch(units[0].repeat(2, 1), pos[0].repeat(2, 1, 1), dmat.repeat(2, 1),
                                   visual=x.repeat(2, 1, 1), noisy=True, modality=modality, t=tt.repeat(2),
                                   y=torch.cat([labels[0], torch.full_like(labels[0], -1)]), token_dim=C)
-                e_c, e_u = self.ctx.run(new, update=False).pred.chunk(2)
+                e_c, e_u = self.ctx.run(new, update=False, one_noisy_block=True).pred.chunk(2)
             else:
                 e_c, e_u = [
                     ctx.run(token_batch(u, p, dmat, visual=x, noisy=True, modality=modality, t=tt, y=y, token_dim=C),
-                            update=False).pred
+                            update=False, one_noisy_block=True).pred
                     for ctx, u, p, y in zip(contexts, units, pos, labels)
                 ] + [None] * (2 - len(contexts))
             pred = e_c if e_u is None else classifier_free_guidance(e_c, e_u, cfg_scale)
