@@ -59,9 +59,15 @@ class ClassToImage(Task):
 
 @register_task
 class TextToImage(Task):
-    """Caption → image; the caption is dropped (prompt `<bos> <boi>`) with `drop_prob` for guidance."""
+    """Caption → image; the caption is dropped (prompt `<bos> <boi>`) with `drop_prob` for guidance.
+
+    `prompt_loss` (the mixture's task field, default True as in Transfusion): whether the caption
+    is also a language-model target. Off, the text loss is spent on the understanding heads only:
+    an unconditional caption prior is worth nothing to captioning, which reads the image.
+    """
 
     name = "text_to_image"
+    prompt_loss = True
 
     def accepts(self, bank: ImageBank, index: int) -> bool:
         return bool(bank.columns.get("caption", [""] * (index + 1))[index])
@@ -75,7 +81,7 @@ class TextToImage(Task):
         if not caption:
             raise RecordError(f"{bank.name} record {index} has an empty 'caption'")
         prompt = self.prompt(None if rng.random() < self.drop_prob else caption)
-        return make_example([Text(prompt), self.image_segment(noisy=True)], bank.tokens[index])
+        return make_example([Text(prompt, loss=self.prompt_loss), self.image_segment(noisy=True)], bank.tokens[index])
 
     @torch.no_grad()
     def generate_tokens(self, model, captions: list[str], sampling: VisualSampling, seed: int = 0) -> torch.Tensor:

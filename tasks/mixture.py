@@ -28,6 +28,7 @@ class TaskSpec:
     split: str = "train"
     drop_prob: float = 0.1  # condition dropout for guidance (label / prompt)
     max_text_tokens: int = 256  # longer record texts are truncated (and counted)
+    prompt_loss: bool = True  # text_to_image only: the caption before the image is also a language-model target
     options: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset (dataset "prepared": see load_bank)
     order: str | None = None  # "random" (uniform draws) or "epoch" (each epoch a seeded permutation); default:
     # epoch for prepared shards, random otherwise
@@ -45,6 +46,10 @@ class TaskSpec:
                 raise ConfigError(f"a task entry needs {k!r}: got {d}")
         check_float(f"task {d['name']!r}: weight", d.get("weight", 1.0), low=0.0, low_open=True)
         check_float(f"task {d['name']!r}: drop_prob", d.get("drop_prob", 0.1), low=0.0, high=0.999999)
+        if not isinstance(d.get("prompt_loss", True), bool):
+            raise ConfigError(f"task {d['name']!r}: prompt_loss must be true or false, got {d['prompt_loss']!r}")
+        if "prompt_loss" in d and d["name"] != "text_to_image":
+            raise ConfigError(f"task {d['name']!r}: prompt_loss applies only to text_to_image (the caption before the image)")
         if d.get("order") not in (None, "random", "epoch"):
             raise ConfigError(f"task {d['name']!r}: order must be 'random' or 'epoch', got {d['order']!r}")
         return cls(**d)
@@ -267,6 +272,7 @@ def build_mixture(
         if key not in banks:
             banks[key] = load_bank(s.dataset, s.split, visual, s.options)
         task = get_task_class(s.name)(visual, tokenizer, drop_prob=s.drop_prob, max_text_tokens=s.max_text_tokens)
+        task.prompt_loss = s.prompt_loss
         entries.append((task, s.weight, banks[key]))
         orders.append(s.order or ("epoch" if s.dataset == "prepared" else "random"))
     mix = TaskMixture(entries, visual.token_dim, seed)
@@ -294,8 +300,11 @@ def build_tokenizer(train_cfg: Any) -> Any:
 
     `tokenizer: {vocab_size: N, train_on: ["easyvqa:train", ...]}` trains a SentencePiece
     BPE on the text columns of those datasets (default: the train split of every
-    dataset a text task reads). Training is deterministic, so every rank builds the
-    same tokenizer. Returns None when no task needs text.
+    dataset a text task reads). `vocab_size: auto` (the default) takes the most pieces
+    the corpus supports, at most `AUTO_VOCAB_CAP` (8192) in all, so a small corpus gets
+    whole words instead of a table that is mostly byte fallback. Training is
+    deterministic, so every rank builds the same tokenizer. Returns None when no task
+    needs text.
     """
     from unimodal.data import load_dataset
     from unimodal.data.transforms import dataset_texts
@@ -307,7 +316,12 @@ def build_tokenizer(train_cfg: Any) -> Any:
         return None
     opts = dict(train_cfg.tokenizer)
     sources = opts.pop("train_on", None) or sorted({f"{s.dataset}:train" for s in text_specs})
-    vocab = int(opts.pop("vocab_size", 512))
+    vocab = opts.pop("vocab_size", "auto")
+    if vocab != "auto" and (isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1):
+        from unimodal.config import ConfigError
+
+        raise ConfigError(f"tokenizer.vocab_size={vocab!r} is invalid: must be 'auto' or a positive integer "
+                          "(total pieces, the 6 specials and 256 byte pieces included)")
     if opts:
         from unimodal.config import ConfigError
 
@@ -324,7 +338,7 @@ def build_tokenizer(train_cfg: Any) -> Any:
             texts.extend(_prepared_texts(options))
             continue
         texts.extend(dataset_texts(load_dataset(name, split, **options)))
-    tok = TextTokenizer.train(texts, vocab_size=vocab)
+    tok = TextTokenizer.train_auto(texts) if vocab == "auto" else TextTokenizer.train(texts, vocab_size=vocab)
     warn_byte_heavy(tok, texts)
     return tok
 

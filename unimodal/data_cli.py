@@ -60,9 +60,17 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
             sources.extend(dataset_texts(ds))
     if not sources:
         raise ConfigError("--data gave no text: pass text files or dataset names (NAME or NAME:SPLIT)")
-    tok = TextTokenizer.train(sources, vocab_size=args.vocab_size, out_dir=args.out)
+    if args.vocab_size == "auto":
+        tok = TextTokenizer.train_auto(sources, out_dir=args.out)
+    else:
+        tok = TextTokenizer.train(sources, vocab_size=args.vocab_size, out_dir=args.out)
     print(f"trained a {tok.vocab_size}-piece SentencePiece BPE tokenizer into {args.out}")
     return 0
+
+
+def _vocab_size(text: str) -> int | str:
+    """--vocab-size: 'auto' or an integer >= 1."""
+    return "auto" if text == "auto" else positive_int(text)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,6 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("tokenizer", help="train the SentencePiece text tokenizer")
     t.add_argument("action", choices=["train"])
     t.add_argument("--data", nargs="+", required=True, help="text files and/or dataset names (NAME or NAME:SPLIT)")
-    t.add_argument("--vocab-size", type=positive_int, default=512, help="pieces in the vocabulary (default 512)")
+    t.add_argument("--vocab-size", type=_vocab_size, default="auto",
+                   help="pieces in the vocabulary, specials and 256 byte pieces included, or 'auto' (default): "
+                        "the most the corpus supports, at most 8192")
     t.add_argument("--out", required=True, help="output directory (tokenizer.model + ids)")
     t.set_defaults(func=_cmd_tokenizer)

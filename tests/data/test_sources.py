@@ -268,6 +268,12 @@ def test_tokenizer_training_reads_the_tasks_dataset_options(tmp_path: Path) -> N
     with pytest.warns(UserWarning, match=r"256 of its 300 pieces are byte pieces and only 38 are learned"):
         tok = build_tokenizer(cfg)
     assert "zebra" in tok.decode(tok.encode("zebra"))
+    # the default, vocab_size auto: as many pieces as this corpus supports, so the source's words are whole
+    auto = build_tokenizer(SimpleNamespace(tasks=cfg.tasks, tokenizer={}))
+    assert auto.vocab_size > 300 and len(auto.encode("zebra")) == 1
+    for bad in ("big", 0, True, 2.5):
+        with pytest.raises(ConfigError, match=r"tokenizer.vocab_size=.* is invalid: must be 'auto' or a positive integer"):
+            build_tokenizer(SimpleNamespace(tasks=cfg.tasks, tokenizer={"vocab_size": bad}))
 
 
 def test_eval_tasks_run_on_a_files_source(tmp_path: Path, tok, tmp_path_factory) -> None:

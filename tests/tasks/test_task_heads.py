@@ -97,6 +97,19 @@ def test_captioning_and_text_to_image_formats(tok, bank):
         prompts.add(tuple(e.layout.text_ids[e.layout.modality == TEXT].tolist()))
     # with and without the caption (guidance dropout), nothing else
     assert prompts == {(tok.bos_id, *tok.encode(cap), tok.boi_id), (tok.bos_id, tok.boi_id)}
+    # the caption is a language-model target by default (Transfusion), and not with prompt_loss: false
+    assert targets_of(t2i.example(bank, i, np.random.default_rng(1))) != []
+
+
+def test_prompt_loss_off_leaves_only_the_diffusion_loss_of_text_to_image(tok, bank):
+    mix = build_mixture([{"name": "text_to_image", "dataset": "easyvqa", "split": "test", "prompt_loss": False,
+                          "drop_prob": 0.0}], V, tok)
+    task, _, _ = mix.entries[0]
+    i = next(i for i in range(len(bank)) if bank.columns["caption"][i])
+    ex = task.example(bank, i, np.random.default_rng(0))
+    assert targets_of(ex) == [] and ex.layout.num_noisy_blocks == 4
+    cap = bank.columns["caption"][i]
+    assert tuple(ex.layout.text_ids[ex.layout.modality == TEXT].tolist()) == (tok.bos_id, *tok.encode(cap), tok.boi_id)
 
 
 def test_class_to_image_label_dropout_rate():
@@ -243,6 +256,8 @@ def test_mixture_weights_set_the_sampling_proportions(monkeypatch):
         ({"name": "vqa", "dataset": "easyvqa", "weight": 0}, r"task 'vqa': weight"),
         ({"name": "vqa", "dataset": "easyvqa", "weight": -1.0}, r"task 'vqa': weight"),
         ({"name": "vqa", "dataset": "easyvqa", "drop_prob": 1.0}, r"task 'vqa': drop_prob"),
+        ({"name": "vqa", "dataset": "easyvqa", "prompt_loss": False}, r"prompt_loss applies only to text_to_image"),
+        ({"name": "text_to_image", "dataset": "easyvqa", "prompt_loss": "no"}, r"prompt_loss must be true or false"),
     ],
 )
 def test_task_spec_errors_name_the_field(spec, pattern):

@@ -117,3 +117,16 @@ def test_transformers_tokenizer_gives_the_same_ids(tok: TextTokenizer, tmp_path:
         assert hf.decode(ids) == tok.decode(ids), repr(text)
     in_memory = tok.to_transformers()
     assert in_memory.encode(texts[0], add_special_tokens=False) == tok.encode(texts[0])
+
+
+def test_auto_vocab_takes_the_most_the_corpus_supports_up_to_the_cap() -> None:
+    words = ["red", "green", "blue", "teal", "circle", "rectangle", "triangle"]
+    corpus = [f"a {c} {s}" for c in words[:4] for s in words[4:]] * 5
+    with pytest.raises(ValueError, match=r"the most BPE can reach is (\d+)") as err:
+        TextTokenizer.train(corpus, vocab_size=5000)
+    reachable = int(err.value.args[0].split("can reach is ")[1].split(".")[0])
+    auto = TextTokenizer.train_auto(iter(corpus))  # an iterator is read once and kept
+    assert auto.vocab_size == reachable
+    assert auto.encode("a teal triangle") == [auto.encode(w)[0] for w in ("a", "teal", "triangle")]  # whole words
+    assert auto == TextTokenizer.train(corpus, vocab_size=reachable)  # deterministic: the same model
+    assert TextTokenizer.train_auto(corpus, cap=reachable - 3).vocab_size == reachable - 3

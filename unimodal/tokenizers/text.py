@@ -40,6 +40,11 @@ MODEL_FILE = "tokenizer.model"
 META_FILE = "unimodal_tokenizer.json"
 FORMAT = "unimodal-sentencepiece-bpe-v1"
 
+# `vocab_size: auto` (the training default): the most BPE pieces the corpus supports, at most this
+# many in all. Enough for whole words of a captioning / VQA corpus; a larger corpus should use a
+# pretrained tokenizer (`tokenizer.path`, or `init:` from an LLM) rather than a bigger table.
+AUTO_VOCAB_CAP = 8192
+
 # The fixed ids. Changing one breaks every saved checkpoint.
 SPECIAL_IDS: dict[str, int] = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<boi>": 3, "<eoi>": 4, "<unk>": 5}
 
@@ -95,7 +100,7 @@ def _training_error(err: RuntimeError, vocab_size: int) -> ValueError | RuntimeE
     """Turn SentencePiece's vocab-size failures into one clear line."""
     msg = str(err)
     if m := re.search(r"Please set it to a value <= (\d+)", msg):
-        return ValueError(
+        return _VocabTooLarge(int(m.group(1)),
             f"vocab_size={vocab_size} is too large for this corpus: the most BPE can reach is {m.group(1)}. "
             f"Pass vocab_size<={m.group(1)} or train on more text."
         )
@@ -105,6 +110,14 @@ def _training_error(err: RuntimeError, vocab_size: int) -> ValueError | RuntimeE
             f"characters need at least {m.group(2)}."
         )
     return err
+
+
+class _VocabTooLarge(ValueError):
+    """The corpus supports at most `reachable` pieces (a ValueError with the user-facing line)."""
+
+    def __init__(self, reachable: int, message: str) -> None:
+        super().__init__(message)
+        self.reachable = reachable
 
 
 class TextTokenizer:
@@ -169,6 +182,20 @@ class TextTokenizer:
         if out_dir is not None:
             tok.save(out_dir)
         return tok
+
+    @classmethod
+    def train_auto(cls, texts: Iterable[str] | str | os.PathLike | Iterable[os.PathLike], cap: int = AUTO_VOCAB_CAP, out_dir: str | os.PathLike | None = None) -> TextTokenizer:
+        """`train` with the largest vocabulary this corpus supports, at most `cap` (specials and bytes included).
+
+        A small corpus (easy-VQA's ~40 words) then gets whole-word pieces rather than a table that is
+        mostly byte fallback; a large one stops at `cap`. Deterministic, as `train`.
+        """
+        if not isinstance(texts, (str, os.PathLike)):
+            texts = list(texts)  # read twice when the corpus supports fewer than `cap`
+        try:
+            return cls.train(texts, vocab_size=cap, out_dir=out_dir)
+        except _VocabTooLarge as err:
+            return cls.train(texts, vocab_size=err.reachable, out_dir=out_dir)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> TextTokenizer:

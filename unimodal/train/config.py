@@ -206,7 +206,7 @@ class TrainConfig:
             )
         auto: dict[str, Any] = {"token_dim": self.visual_config().token_dim}
         vocab = vocab_size if vocab_size is not None else self.tokenizer.get("vocab_size")
-        if vocab is not None:
+        if vocab is not None and vocab != "auto":  # auto: known once the tokenizer is trained
             auto["vocab_size"] = int(vocab)
         for k, v in auto.items():
             if k in self.model_overrides and self.model_overrides[k] != v:
