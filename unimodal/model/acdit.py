@@ -362,6 +362,22 @@ class ACDiT(nn.Module):
         self.precision = resolve_precision(precision)
         return self
 
+    def compile_forward(self, max_layouts: int = 8) -> "ACDiT":
+        """Run `forward_fp` through `torch.compile` (inductor) from now on; the weights are untouched.
+
+        Shapes are static (`dynamic=False`): each distinct batch shape and layout compiles once (its
+        masks and rotary tables are cached per layout key, outside the graph), up to `max_layouts`
+        compiles of this model; beyond that torch falls back to eager for new shapes rather than
+        compiling on every step. Training, the KV-cached engine and eval all go through it.
+        """
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, max_layouts)
+        if not getattr(self, "compiled", False):
+            self.forward_fp = torch.compile(self.forward_fp, dynamic=False)
+            self.compiled = True
+        return self
+
     def forward(self, batch: SequenceBatch, *args, **kwargs) -> ModelOutput:  # noqa: ANN002, ANN003
         """Run the backbone at `self.precision` (see `forward_fp` for the arguments)."""
         if self.precision == "bf16":

@@ -94,6 +94,10 @@ class TrainConfig:
     # bf16: mixed precision (ACDiT.set_precision): bf16 matmuls under autocast, fp32 weights (the master copy),
     # norms, softmax statistics and loss; auto: bf16 where the CPU (AMX/AVX512-BF16) or GPU supports it
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    # torch.compile the backbone's forward (ACDiT.compile_forward; inductor, CPU or GPU): elementwise work
+    # (modulate, norms, rotary, gates) fused. One compile per distinct batch layout (~1 min on 2 CPU cores),
+    # so it pays in long runs with few layouts (class->image); ZeRO 0-2
+    compile: bool = False
     zero_stage: int | None = None  # ZeRO 0..3; None: the DeepSpeed JSON's stage, else 0
     deepspeed: str | None = None  # DeepSpeed JSON for the other engine knobs: a path or "zero0".."zero3"
     cpu_shm_comm: bool = False  # CPU: use DeepSpeed's shared-memory all-reduce op (30-60 s first compile; set per process)
@@ -137,6 +141,9 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.precision={self.precision!r} is invalid: must be one of {PRECISIONS}")
         if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"TrainConfig.zero_stage={self.zero_stage} is invalid: must be one of (0, 1, 2, 3)")
+        if self.compile and self.zero_stage == 3:  # (a DeepSpeed JSON's stage 3: checked by the trainer)
+            raise ConfigError("TrainConfig.compile=true needs zero_stage 0, 1 or 2: ZeRO-3 gathers each parameter in "
+                              "module hooks that a compiled forward does not run")
         for name, cls in (("visual", VisualConfig), ("diffusion", ScheduleConfig), ("loss", LossWeights),
                           ("model_overrides", ModelConfig)):
             _check_keys(name, getattr(self, name), [f.name for f in fields(cls)])

@@ -225,6 +225,8 @@ def train(
     step_done = 0
     try:
         barrier()
+        if cfg.compile and cfg.resolved_zero_stage == 3:
+            raise ConfigError("TrainConfig.compile=true needs ZeRO stage 0, 1 or 2; the DeepSpeed JSON sets stage 3")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         from unimodal.llm_init.recipe import build_model  # init.llm, freeze, lora (plain ACDiT without them)
 
@@ -234,6 +236,8 @@ def train(
         log: MetricsLog | None = None
         try:
             ema = EMA(engine.module, cfg.ema_decay, store=info.is_main) if cfg.ema_decay > 0 else None
+            if cfg.compile:
+                engine.module.compile_forward()
             start = step_done = _resume(engine, ema, resume_dir, info)
             log = MetricsLog(out, cfg.steps, start, cfg.log_every, cfg.progress, cfg.tensorboard, enabled=info.is_main)
             if resume_dir is not None:
