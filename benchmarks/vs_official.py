@@ -18,7 +18,11 @@ mixed-precision path). In the same run it measures this machine's fp32 and bf16 
 FlopCounterMode on the release's step: the same model FLOPs for both sides), and, for unimodal,
 the cached-vs-recompute sampling speed-up next to its FLOP ideal.
 
-    python benchmarks/vs_official.py --official-src /path/to/ACDiT [--configs issue,S] [--pairs 5]
+With `--compile` it also times unimodal's train step with `compile: true` (`ACDiT.compile_forward`,
+torch.compile/inductor, static shapes) against the same eager release; the one-time compile is
+reported apart (`compile_s`), not in the step time. `--compile-sampling` adds compiled sampling.
+
+    python benchmarks/vs_official.py --official-src /path/to/ACDiT [--configs issue,S] [--pairs 5] [--compile]
 """
 
 from __future__ import annotations
@@ -165,6 +169,38 @@ def alternate(a: Callable[[], Any], b: Callable[[], Any], pairs: int, warmup: in
             "ratio_median": statistics.median(ratios), "ratios": ratios, "official_all_s": ta, "unimodal_all_s": tb}
 
 
+def compiled_rows(rel: Any, off: torch.nn.Module, ours: torch.nn.Module, name: str, precision: str, args: Any) -> list[dict]:
+    """The train step (and, asked, sampling) of unimodal with `compile: true` against the release, eager.
+
+    The first call compiles (its time is reported as compile_s, apart); the timed pairs follow.
+    """
+    off.train()
+    ours.train()
+    step_off, step_ours, _ = train_steps(rel, off, ours, args.batch, precision)
+    ours.compile_forward()
+    t0 = time.perf_counter()
+    step_ours()
+    compile_s = time.perf_counter() - t0
+    r = alternate(step_off, step_ours, args.pairs)
+    rows = [{"config": name, "precision": precision, "what": "train step (compiled)", "batch": args.batch,
+             "compile_s": compile_s, **r}]
+    print(f"{name:5s} {precision} train step, compiled: official {r['official_s']:.3f}s  unimodal {r['unimodal_s']:.3f}s  "
+          f"official/unimodal {r['ratio_median']:.2f}x  (compile {compile_s:.0f}s, once)", flush=True)
+    if args.compile_sampling and not args.no_sampling:
+        off.eval()
+        ours.eval()
+        s_off, s_ours = samplers(rel, off, ours, args.images, precision)
+        t0 = time.perf_counter()
+        s_ours()
+        compile_s = time.perf_counter() - t0
+        r = alternate(s_off, s_ours, max(1, args.pairs - 2))
+        rows.append({"config": name, "precision": precision, "what": "sampling (compiled)", "images": args.images,
+                     "compile_s": compile_s, **r})
+        print(f"{name:5s} {precision} sampling, compiled: official {r['official_s']:.3f}s  unimodal {r['unimodal_s']:.3f}s  "
+              f"official/unimodal {r['ratio_median']:.2f}x  (compile {compile_s:.0f}s, once)", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--official-src", required=True, help="a clone of github.com/thunlp/ACDiT")
@@ -175,6 +211,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--no-sampling", action="store_true")
     ap.add_argument("--cache-ideal", action="store_true", help="also time recompute sampling and count FLOPs (issue config)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time unimodal's train step with compile: true (ACDiT.compile_forward), compile time apart")
+    ap.add_argument("--compile-sampling", action="store_true",
+                    help="with --compile, also time compiled sampling (one compile per cache length: minutes)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--name", default="vs_official")
     args = ap.parse_args()
@@ -216,6 +256,8 @@ def main() -> None:
                       f"official/unimodal {r['ratio_median']:.2f}x"
                       + (f"  cache {row['cache_speedup']:.2f}x of {row['flop_speedup']:.2f}x ideal"
                          f" ({row['cache_share_of_ideal']:.0%})" if "cache_speedup" in row else ""), flush=True)
+            if args.compile:
+                rows += compiled_rows(rel, off, ours, name, precision, args)
     peaks1 = {"fp32": peak_matmul(torch.float32), "bf16": peak_matmul(torch.bfloat16)}
     peaks = {k: max(peaks0[k], peaks1[k]) for k in peaks0}
     for row in rows:

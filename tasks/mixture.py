@@ -338,7 +338,9 @@ def build_tokenizer(train_cfg: Any) -> Any:
             texts.extend(_prepared_texts(options))
             continue
         texts.extend(dataset_texts(load_dataset(name, split, **options)))
-    tok = TextTokenizer.train_auto(texts) if vocab == "auto" else TextTokenizer.train(texts, vocab_size=vocab)
+    if vocab == "auto":  # as many pieces as the corpus supports: no larger table would shorten its texts
+        return TextTokenizer.train_auto(texts)
+    tok = TextTokenizer.train(texts, vocab_size=vocab)
     warn_byte_heavy(tok, texts)
     return tok
 
