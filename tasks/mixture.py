@@ -13,7 +13,7 @@ import numpy as np
 
 from unimodal.batch import SequenceBatch, collate
 from unimodal.config import VisualConfig
-from unimodal.errors import ConfigError, check_float
+from unimodal.errors import ConfigError, check_float, check_positive_int
 
 from .base import ImageBank, RecordError, Task, build_image_bank, get_task_class
 
@@ -29,6 +29,7 @@ class TaskSpec:
     drop_prob: float = 0.1  # condition dropout for guidance (label / prompt)
     max_text_tokens: int = 256  # longer record texts are truncated (and counted)
     prompt_loss: bool = True  # text_to_image only: the caption before the image is also a language-model target
+    qa_per_example: int = 1  # vqa only: question/answer turns drawn per image (per-image records)
     options: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset (dataset "prepared": see load_bank)
     order: str | None = None  # "random" (uniform draws) or "epoch" (each epoch a seeded permutation); default:
     # epoch for prepared shards, random otherwise
@@ -50,6 +51,10 @@ class TaskSpec:
             raise ConfigError(f"task {d['name']!r}: prompt_loss must be true or false, got {d['prompt_loss']!r}")
         if "prompt_loss" in d and d["name"] != "text_to_image":
             raise ConfigError(f"task {d['name']!r}: prompt_loss applies only to text_to_image (the caption before the image)")
+        if "qa_per_example" in d:
+            check_positive_int(f"task {d['name']!r}: qa_per_example", d["qa_per_example"])
+            if d["name"] != "vqa":
+                raise ConfigError(f"task {d['name']!r}: qa_per_example applies only to vqa (turns after one image)")
         if d.get("order") not in (None, "random", "epoch"):
             raise ConfigError(f"task {d['name']!r}: order must be 'random' or 'epoch', got {d['order']!r}")
         return cls(**d)
@@ -272,7 +277,7 @@ def build_mixture(
         if key not in banks:
             banks[key] = load_bank(s.dataset, s.split, visual, s.options)
         task = get_task_class(s.name)(visual, tokenizer, drop_prob=s.drop_prob, max_text_tokens=s.max_text_tokens)
-        task.prompt_loss = s.prompt_loss
+        task.prompt_loss, task.qa_per_example = s.prompt_loss, s.qa_per_example
         entries.append((task, s.weight, banks[key]))
         orders.append(s.order or ("epoch" if s.dataset == "prepared" else "random"))
     mix = TaskMixture(entries, visual.token_dim, seed)

@@ -97,9 +97,15 @@ class VQA(_ImageToText):
 
     Reads per-image records (`questions`, `answers` lists: one pair drawn per example)
     or per-question records (`question`, `answer`).
+
+    `qa_per_example` (the mixture's task field, default 1): with per-image records, draw up to
+    that many distinct pairs of the record as turns after one image (``q1 a1 <eos> q2 a2 <eos>
+    ...``, loss on the answers only, as a LLaVA conversation). One image then teaches several
+    answers for the cost of its tokens once; the first turn is exactly the eval format.
     """
 
     name = "vqa"
+    qa_per_example = 1
 
     def pair(self, bank: ImageBank, index: int, rng: np.random.Generator) -> tuple[str, str]:
         if "questions" in bank.columns:
@@ -110,11 +116,24 @@ class VQA(_ImageToText):
             return qs[k], ans[k]
         return bank.column("question", index), bank.column("answer", index)
 
+    def pairs(self, bank: ImageBank, index: int, rng: np.random.Generator) -> list[tuple[str, str]]:
+        """The (question, answer) turns of one example: `pair`, or up to `qa_per_example` distinct ones."""
+        if self.qa_per_example == 1 or "questions" not in bank.columns:
+            return [self.pair(bank, index, rng)]
+        qs, ans = bank.column("questions", index), bank.column("answers", index)
+        if not qs or len(qs) != len(ans):
+            raise RecordError(f"{bank.name} record {index}: 'questions' and 'answers' must be non-empty and of equal length")
+        pick = rng.choice(len(qs), size=min(self.qa_per_example, len(qs)), replace=False)
+        return [(qs[int(k)], ans[int(k)]) for k in pick]
+
     def example(self, bank: ImageBank, index: int, rng: np.random.Generator) -> Example:
-        q, a = self.pair(bank, index, rng)
-        if not q or not a:
+        turns = self.pairs(bank, index, rng)
+        if any(not q or not a for q, a in turns):
             raise RecordError(f"{bank.name} record {index}: empty question or answer")
+        (q, a), rest = turns[0], turns[1:]
         segs = self.context(q) + [Text([*self.encode(a), self.tok.eos_id])]
+        for q, a in rest:
+            segs += [Text(self.encode(q), loss=False), Text([*self.encode(a), self.tok.eos_id])]
         return make_example(segs, bank.tokens[index])
 
     def predict(self, model, tokens: torch.Tensor, questions: list[str], max_new_tokens: int = 8, batch_size: int = 64) -> list[str]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import Any, Hashable, Sequence
 
 import numpy as np
 import torch
 
-from .layout import IGNORE, PAD_DOC, Layout, LayoutError, pack
+from .layout import IGNORE, PAD_DOC, Layout, LayoutError, PackedRow, pack
 
 # the fields that make up a batch's layout (what masks, positions and plans are derived from)
 LAYOUT_FIELDS = ("unit", "noisy", "doc", "modality", "pos", "block_slot", "text_target")
@@ -117,14 +117,15 @@ def collate(
         LayoutError: an example's visual tokens do not fit its layout (names the row and example).
     """
     rows = [[r] if isinstance(r, Example) else list(r) for r in rows]
-    packed = [pack([e.layout for e in row]) for row in rows]
-    L = seq_len or max(len(p.unit) for p in packed)
-    packed = [pack([e.layout for e in row], L) for row in rows]
+    keys = [tuple(e.layout.key for e in row) for row in rows]
+    L = seq_len or max(sum(len(e.layout) for e in row) for row in rows)
+    packed = [_packed(row, k, L) for row, k in zip(rows, keys)]
     NB = max((sum(e.layout.num_noisy_blocks for e in row) for row in rows), default=0)
     B = len(rows)
     visual = torch.zeros(B, L, token_dim)
     y = torch.full((B, NB), -1, dtype=torch.long)
-    for r, (row, pr) in enumerate(zip(rows, packed)):
+    uniform = len(set(keys)) == 1 and len(rows[0]) == 1  # one layout, one example a row (class->image)
+    for r, (row, pr, k) in enumerate(zip(rows, packed, keys)):
         for d, (ex, off, soff) in enumerate(zip(row, pr.offsets, pr.slot_offsets)):
             lay = ex.layout
             if lay.num_visual_tokens:
@@ -135,9 +136,13 @@ def collate(
                         f"row {r} example {d}: visual tokens have shape {got}, layout needs "
                         f"({lay.num_visual_tokens}, {token_dim})"
                     )
-                idx = torch.from_numpy(np.nonzero(lay.visual_index >= 0)[0])
-                visual[r, off + idx] = v[torch.from_numpy(lay.visual_index[idx.numpy()])].float()
+                if not uniform:
+                    dst, src = _visual_index(lay, k[d])
+                    visual[r, off + dst] = v[src].float()
             y[r, soff : soff + lay.num_noisy_blocks] = ex.class_label
+    if uniform and rows[0][0].layout.num_visual_tokens:  # one gather for the whole batch
+        dst, src = _visual_index(rows[0][0].layout, keys[0][0])
+        visual[:, dst] = torch.stack([row[0].visual for row in rows]).float()[:, src]
 
     def stack(name: str) -> torch.Tensor:
         return torch.from_numpy(np.stack([getattr(p, name) for p in packed]))
@@ -154,8 +159,40 @@ def collate(
         t=torch.zeros(B, NB, dtype=torch.long),
         y=y,
         text_target=stack("text_target"),
-        layout_key=("collate", L, tuple(tuple(e.layout.key for e in row) for row in rows)),
+        layout_key=("collate", L, tuple(keys)),
     )
+
+
+_PACKED: dict[tuple, PackedRow] = {}
+_VISUAL_INDEX: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_COLLATE_CACHE_MAX = 512
+
+
+def _packed(row: Sequence[Example], keys: tuple, seq_len: int) -> PackedRow:
+    """`pack` of the row's layouts, built once per (layout keys, length): equal keys give equal arrays.
+
+    The cached arrays are shared between batches and never written (collate stacks copies of them).
+    """
+    k = (keys, seq_len)
+    hit = _PACKED.get(k)
+    if hit is None:
+        hit = pack([e.layout for e in row], seq_len)
+        if len(_PACKED) >= _COLLATE_CACHE_MAX:
+            _PACKED.pop(next(iter(_PACKED)))
+        _PACKED[k] = hit
+    return hit
+
+
+def _visual_index(lay: Any, key: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """(columns of the layout that hold visual tokens, which of the example's tokens each holds), cached per key."""
+    hit = _VISUAL_INDEX.get(key)
+    if hit is None:
+        dst = np.nonzero(lay.visual_index >= 0)[0]
+        hit = (torch.from_numpy(dst), torch.from_numpy(lay.visual_index[dst]))
+        if len(_VISUAL_INDEX) >= _COLLATE_CACHE_MAX:
+            _VISUAL_INDEX.pop(next(iter(_VISUAL_INDEX)))
+        _VISUAL_INDEX[key] = hit
+    return hit
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ import torch
 
 from unimodal.config import VisualConfig
 from unimodal.diffusion import NoiseSchedule, compute_loss
-from unimodal.layout import IGNORE, TEXT
+from unimodal.layout import IGNORE, TEXT, Text
 from unimodal.model import create_model
 from unimodal.tasks import (
     ImageBank,
@@ -99,6 +99,33 @@ def test_captioning_and_text_to_image_formats(tok, bank):
     assert prompts == {(tok.bos_id, *tok.encode(cap), tok.boi_id), (tok.bos_id, tok.boi_id)}
     # the caption is a language-model target by default (Transfusion), and not with prompt_loss: false
     assert targets_of(t2i.example(bank, i, np.random.default_rng(1))) != []
+
+
+def test_vqa_turns_per_example_are_distinct_pairs_of_the_record_with_loss_on_answers(tok, bank):
+    mix = build_mixture([{"name": "vqa", "dataset": "easyvqa", "split": "test", "qa_per_example": 3}], V, tok)
+    task, _, _ = mix.entries[0]
+    i = next(i for i in range(len(bank)) if len(bank.columns["questions"][i]) >= 4)
+    pairs = list(zip(bank.columns["questions"][i], bank.columns["answers"][i]))
+    for seed in range(5):
+        ex = task.example(bank, i, np.random.default_rng(seed))
+        texts = [s for s in ex.layout.segments if isinstance(s, Text)][1:]  # after <bos> <boi>: q, a, q, a, ...
+        assert len(texts) == 6 and [s.loss for s in texts] == [False, True] * 3
+        turns = []
+        for q, a in zip(texts[0::2], texts[1::2]):
+            q_ids = [t for t in q.ids if t != tok.eoi_id]
+            assert a.ids[-1] == tok.eos_id
+            turns.append((tok.decode(q_ids).strip(), tok.decode(list(a.ids[:-1])).strip()))
+        assert len(set(turns)) == 3 and all(t in pairs for t in turns)  # distinct pairs of this record
+        assert targets_of(ex) == [t for s in texts[1::2] for t in s.ids]  # loss on the answers (and <eos>) only
+    # a record with fewer pairs gives them all; qa_per_example 1 is the single-question format exactly
+    few = next(j for j in range(len(bank)) if len(bank.columns["questions"][j]) < 9)
+    many = build_mixture([{"name": "vqa", "dataset": "easyvqa", "split": "test", "qa_per_example": 9}], V, tok).entries[0][0]
+    n_turns = sum(s.loss for s in many.example(bank, few, np.random.default_rng(0)).layout.segments if isinstance(s, Text))
+    assert n_turns == len(bank.columns["questions"][few])
+    one = build_mixture([{"name": "vqa", "dataset": "easyvqa", "split": "test", "qa_per_example": 1}], V, tok).entries[0][0]
+    a = one.example(bank, i, np.random.default_rng(5))
+    b = get_task_class("vqa")(V, tok).example(bank, i, np.random.default_rng(5))
+    assert a.layout.key == b.layout.key
 
 
 def test_prompt_loss_off_leaves_only_the_diffusion_loss_of_text_to_image(tok, bank):
@@ -257,6 +284,8 @@ def test_mixture_weights_set_the_sampling_proportions(monkeypatch):
         ({"name": "vqa", "dataset": "easyvqa", "weight": -1.0}, r"task 'vqa': weight"),
         ({"name": "vqa", "dataset": "easyvqa", "drop_prob": 1.0}, r"task 'vqa': drop_prob"),
         ({"name": "vqa", "dataset": "easyvqa", "prompt_loss": False}, r"prompt_loss applies only to text_to_image"),
+        ({"name": "captioning", "dataset": "easyvqa", "qa_per_example": 2}, r"qa_per_example applies only to vqa"),
+        ({"name": "vqa", "dataset": "easyvqa", "qa_per_example": 0}, r"qa_per_example"),
         ({"name": "text_to_image", "dataset": "easyvqa", "prompt_loss": "no"}, r"prompt_loss must be true or false"),
     ],
 )

@@ -98,6 +98,9 @@ class TrainConfig:
     # (modulate, norms, rotary, gates) fused. One compile per distinct batch layout (~1 min on 2 CPU cores),
     # so it pays in long runs with few layouts (class->image); ZeRO 0-2
     compile: bool = False
+    # processes that compute the coming batches ahead while the model trains (unimodal.train.prefetch);
+    # the batches are the in-process ones (same order, exact resume). 0: in the training process
+    loader_workers: int = 0
     zero_stage: int | None = None  # ZeRO 0..3; None: the DeepSpeed JSON's stage, else 0
     deepspeed: str | None = None  # DeepSpeed JSON for the other engine knobs: a path or "zero0".."zero3"
     cpu_shm_comm: bool = False  # CPU: use DeepSpeed's shared-memory all-reduce op (30-60 s first compile; set per process)
@@ -129,7 +132,7 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} is invalid: must be > 0")
         if self.pack_tokens is not None and self.pack_tokens <= 0:
             raise ConfigError(f"TrainConfig.pack_tokens={self.pack_tokens} is invalid: must be a positive token count or null")
-        for name in ("warmup_steps", "keep_last", "sample_every", "seed"):
+        for name in ("warmup_steps", "keep_last", "sample_every", "seed", "loader_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} is invalid: must be >= 0")
         if self.warmup_steps > self.steps:

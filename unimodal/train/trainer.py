@@ -234,11 +234,17 @@ def train(
         model.set_precision(cfg.precision)  # bf16: autocast matmuls, fp32 master weights (ACDiT.set_precision)
         engine, optimizer = create_engine(model, cfg)
         log: MetricsLog | None = None
+        prefetched = None
         try:
             ema = EMA(engine.module, cfg.ema_decay, store=info.is_main) if cfg.ema_decay > 0 else None
             if cfg.compile:
                 engine.module.compile_forward()
             start = step_done = _resume(engine, ema, resume_dir, info)
+            if cfg.loader_workers:
+                from .prefetch import Prefetched, requests_for
+
+                source = prefetched = Prefetched(source, requests_for(start, cfg.steps, cfg.grad_accum, info.world_size,
+                                                                      info.rank, cfg.batch_size), cfg.loader_workers)
             log = MetricsLog(out, cfg.steps, start, cfg.log_every, cfg.progress, cfg.tensorboard, enabled=info.is_main)
             if resume_dir is not None:
                 log.message(f"resumed from {resume_dir} at step {start}")
@@ -277,6 +283,8 @@ def train(
         finally:
             if log is not None:
                 log.close()
+            if prefetched is not None:
+                prefetched.close()  # loader workers
             _destroy(engine)
     except KeyboardInterrupt:
         # Ctrl-C: one line instead of a traceback (docs/architecture.md, "Errors"). A checkpoint write in
