@@ -41,9 +41,15 @@ def import_deepspeed(cfg: TrainConfig) -> Any:
     return deepspeed
 
 
-def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
-    """The engine config: `cfg.deepspeed` JSON (other knobs) + the fields TrainConfig owns."""
+def deepspeed_config(cfg: TrainConfig, load_universal: bool = False) -> dict[str, Any]:
+    """The engine config: `cfg.deepspeed` JSON (other knobs) + the fields TrainConfig owns.
+
+    `load_universal`: the engine will load a DeepSpeed universal checkpoint (an elastic resume,
+    `run_state.universal_checkpoint`); DeepSpeed reads the key at load time, not at initialize.
+    """
     ds = copy.deepcopy(cfg.deepspeed_base())
+    if load_universal:
+        ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
     ds["gradient_accumulation_steps"] = cfg.grad_accum
     ds["gradient_clipping"] = cfg.clip_grad
@@ -68,11 +74,16 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return groups
 
 
-def create_engine(model: torch.nn.Module, cfg: TrainConfig) -> tuple[Any, torch.optim.Optimizer]:
-    """Wrap `model` in a DeepSpeed engine with a client AdamW; returns (engine, the AdamW)."""
+def create_engine(
+    model: torch.nn.Module, cfg: TrainConfig, load_universal: bool = False
+) -> tuple[Any, torch.optim.Optimizer]:
+    """Wrap `model` in a DeepSpeed engine with a client AdamW; returns (engine, the AdamW).
+
+    `load_universal`: the engine is to resume from a universal checkpoint (`deepspeed_config`).
+    """
     deepspeed = import_deepspeed(cfg)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(cfg))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(cfg, load_universal))
     use_weights_only_loading(engine)
     return engine, opt
 
@@ -121,11 +132,15 @@ def use_weights_only_loading(engine: Any) -> None:
         current.__class__ = weights_only_engine_class()
 
 
-def load_engine_state(engine: Any, checkpoint_dir: Path) -> dict[str, Any]:
-    """Restore weights, optimizer state and client state from `checkpoint_dir/deepspeed`; returns the client state."""
+def load_engine_state(engine: Any, checkpoint_dir: Path, ds_dir: Path | None = None) -> dict[str, Any]:
+    """Restore weights, optimizer state and client state from `checkpoint_dir/deepspeed`; returns the client state.
+
+    `ds_dir`: another DeepSpeed directory holding tag `DS_TAG` (the universal checkpoint of an elastic
+    resume, read by an engine made with `load_universal`).
+    """
     from unimodal.checkpoint import CheckpointError
 
-    ds_dir = checkpoint_dir / "deepspeed"
+    ds_dir = ds_dir if ds_dir is not None else checkpoint_dir / "deepspeed"
     try:
         path, client = engine.load_checkpoint(
             str(ds_dir), tag=DS_TAG, load_module_strict=True, load_optimizer_states=True, load_lr_scheduler_states=False

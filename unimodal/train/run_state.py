@@ -5,6 +5,8 @@
     out_dir/checkpoints/step_0001000/
         model.safetensors, ema.safetensors, config.yaml, meta.json, tokenizer/   (unimodal.checkpoint format)
         deepspeed/state/...   DeepSpeed's own files: optimizer moments, fp32 master weights, client state
+        deepspeed-universal/  (only after an elastic resume of a ZeRO >= 1 checkpoint) the same state as a
+                              DeepSpeed universal checkpoint: latest_universal, state/zero/<param>/{fp32,exp_avg,...}.pt
 
 Writing: every rank saves its DeepSpeed shard into a hidden staging directory;
 rank 0 then writes the weights (itself atomically), moves the DeepSpeed files
@@ -33,6 +35,7 @@ from .distributed import DistInfo, any_rank, barrier
 from .engine import DS_TAG
 
 DS_DIR = "deepspeed"
+UNIVERSAL_DIR = "deepspeed-universal"  # a checkpoint's DeepSpeed state converted for another process count
 _STEP_RE = re.compile(r"^step_(\d{7,})$")
 _PARTIAL_RE = re.compile(r"^\.+step_\d{7,}\..*partial")  # staging dirs and atomic_directory's temporaries of them
 
@@ -120,6 +123,98 @@ def prune(root: Path, keep_last: int) -> list[Path]:
     for p in old:
         atomic.discard_directory(p)  # out of sight at once; removal may take long
     return old
+
+
+# --- elastic resume: DeepSpeed universal checkpoints ------------------------------------------------
+def optimizer_partitions(path: Path) -> list[Path]:
+    """The per-rank optimizer partition files of checkpoint `path` (none where the optimizer state is whole: ZeRO-0)."""
+    return sorted((path / DS_DIR / DS_TAG).glob("*zero_pp_rank_*_optim_states.pt"))
+
+
+def partition_kind(path: Path) -> str:
+    """How checkpoint `path` partitions its optimizer state, read from the file names DeepSpeed wrote.
+
+    "zero3" (per-rank model-states files too), "bf16" (DeepSpeed's bf16 optimizer, `bf16_zero_pp_rank_*`:
+    bf16 at ZeRO-1), "zero12" (ZeRO-1 or -2: one model-states file, per-rank optimizer files), "whole" (ZeRO-0).
+    """
+    state = path / DS_DIR / DS_TAG
+    if not optimizer_partitions(path):
+        return "whole"
+    if any(state.glob("zero_pp_rank_*_model_states.pt")):
+        return "zero3"
+    if any(state.glob("bf16_zero_pp_rank_*_optim_states.pt")):
+        return "bf16"
+    return "zero12"
+
+
+PARTITION_KINDS = {"zero12": "ZeRO stage 1 or 2", "bf16": "ZeRO-1 with bf16 (DeepSpeed's bf16 optimizer)",
+                   "zero3": "ZeRO stage 3", "whole": "ZeRO-0"}
+CONVERTIBLE = ("zero12", "bf16")  # converted by ds_to_universal and loaded back exactly (tests/train/test_elastic_zero.py)
+NOT_CONVERTIBLE = {  # why the others are refused
+    "zero3": "its ZeRO-3 universal load gives every parameter group one shared Adam step tensor, which AdamW "
+             "advances once per group per step (the bias correction of all groups but the first runs ahead), and the "
+             "first group's hyperparameters (the norms' and biases' weight_decay 0 is lost)",
+}
+
+
+def universal_checkpoint(path: Path) -> Path | None:
+    """The complete universal checkpoint of checkpoint `path` (a directory holding `latest_universal` and tag
+    DS_TAG), or None. It appears only complete: `convert_to_universal` publishes it with one rename."""
+    found = path / UNIVERSAL_DIR
+    return found if (found / "latest_universal").is_file() and (found / DS_TAG / "zero").is_dir() else None
+
+
+def convert_to_universal(path: Path) -> Path:
+    """Rank 0: convert checkpoint `path`'s DeepSpeed state into `path/deepspeed-universal` (reused if present).
+
+    DeepSpeed's `ds_to_universal` reads deepspeed/state/ and writes one directory per parameter with its
+    fp32 master weights and Adam moments, unpartitioned, which an engine on any number of processes
+    loads (DeepSpeed config `checkpoint.load_universal`). The original files are only read. The output
+    is staged under a hidden temporary name inside `path` and renamed into place when complete
+    (`unimodal.atomic.atomic_directory`), so a crash mid-conversion leaves no directory that would be
+    trusted (its temporary is removed by the next conversion). Serial (no worker processes); its
+    console output is kept out of the log and quoted on failure.
+
+    Raises:
+        CheckpointError: the conversion failed (the partial output is removed).
+    """
+    import argparse
+    import contextlib
+    import io
+
+    done = universal_checkpoint(path)
+    if done is not None:
+        return done
+    atomic.remove_orphans(path)  # the temporary of a conversion that was killed
+    from deepspeed.checkpoint import ds_to_universal
+
+    said = io.StringIO()
+
+    def write(tmp: Path) -> None:
+        args = argparse.Namespace(
+            input_folder=str(path / DS_DIR / DS_TAG), output_folder=str(tmp / DS_TAG), num_extract_workers=1,
+            num_merge_workers=1, keep_temp_folder=False, strict=True,
+            inject_missing_state=True,  # the model carries no UNIVERSAL_CHECKPOINT_INFO; added in memory only
+        )
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            ds_to_universal.main(args)  # also writes tmp/latest_universal naming the tag
+        if not (tmp / "latest_universal").is_file():
+            raise RuntimeError("ds_to_universal wrote no latest_universal file")
+
+    target = path / UNIVERSAL_DIR
+    try:
+        return atomic.atomic_directory(target, write, replace=False)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - DeepSpeed raises assorted types (AssertionError, KeyError, ...)
+        tail = one_line(RuntimeError(said.getvalue()[-600:])) if said.getvalue().strip() else ""
+        detail = one_line(e)
+        if is_disk_full(e):
+            raise CheckpointError(f"disk full while converting {path / DS_DIR} to a universal checkpoint ({detail})") from None
+        raise CheckpointError(
+            f"converting {str(path / DS_DIR)!r} to a DeepSpeed universal checkpoint failed: {type(e).__name__}: {detail}"
+            + (f" (ds_to_universal said: {tail})" if tail else "")
+        ) from e
 
 
 def one_line(error: BaseException) -> str:

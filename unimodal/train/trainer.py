@@ -46,7 +46,7 @@ from .config import TrainConfig
 from .data_side import data_side
 from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, broadcast_object, init_distributed
 from .ema import EMA, gathered, param_chunks
-from .engine import DS_TAG, create_engine, load_engine_state, set_lr
+from .engine import create_engine, load_engine_state, set_lr
 from .metrics import LOSS_PARTS, MetricsLog
 from .schedules import lr_at
 
@@ -232,7 +232,7 @@ def train(
 
         model, lora = build_model(cfg, model_cfg, load_llm=resume_dir is None)
         model.set_precision(cfg.precision)  # bf16: autocast matmuls, fp32 master weights (ACDiT.set_precision)
-        engine, optimizer = create_engine(model, cfg)
+        engine, optimizer = create_engine(model, cfg, load_universal=needs_universal(resume_dir, info.world_size))
         log: MetricsLog | None = None
         prefetched = None
         try:
@@ -440,23 +440,58 @@ def _preflight(
     return resume_dir
 
 
-def check_world_size(resume_dir: Path, world: int) -> None:
-    """Refuse resuming a checkpoint whose optimizer state is partitioned over another number of processes.
+def needs_universal(resume_dir: Path | None, world: int) -> bool:
+    """Whether resuming `resume_dir` on `world` processes goes through a DeepSpeed universal checkpoint:
+    its optimizer state is partitioned (ZeRO >= 1, or the bf16 optimizer) over another number of processes."""
+    if resume_dir is None:
+        return False
+    parts = ckpt.optimizer_partitions(resume_dir)
+    return bool(parts) and len(parts) != world
 
-    Elastic resume (N processes -> M) is supported where DeepSpeed keeps the optimizer state
-    whole, in the model-states file: ZeRO-0. ZeRO 1-3 (and DeepSpeed's bf16 optimizer where it
-    partitions at stage 0) write one `*zero_pp_rank_<r>_*optim_states.pt` per rank; those resume
-    on as many processes only (DeepSpeed universal checkpoints are not wired in yet). The check
-    reads the files, so it holds whatever wrote them.
+
+def check_world_size(resume_dir: Path, world: int) -> None:
+    """Refuse, before anything is written, an elastic resume (N processes -> M) that no path supports.
+
+    Reads file names only. ZeRO-0 keeps the optimizer state whole in the model-states file, so
+    any process count loads it as it is. ZeRO 1-3 write one `*zero_pp_rank_<r>_*optim_states.pt`
+    per rank (bf16 at ZeRO-1 runs DeepSpeed's bf16 optimizer, `bf16_zero_pp_rank_*`): on the same
+    count they load as they are; on another count `_resume` first has rank 0 convert them into a
+    DeepSpeed universal checkpoint (`run_state.convert_to_universal`, into
+    `<checkpoint>/deepspeed-universal`, kept for later resumes; the original files are only read)
+    and every rank loads that with DeepSpeed's `checkpoint.load_universal`. Weights, Adam moments
+    and step counts, the lr schedule and the data order (a function of the global batch
+    `batch_size x grad_accum x processes`: keep it equal) continue exactly; the losses and weights
+    of later steps differ from an uninterrupted N-process run by float rounding only, because the
+    gradients are summed over M ranks in another order (measured in
+    tests/train/test_elastic_zero.py, fp32 ZeRO-1/2, two more steps of the tiny model: at most 4.8e-7
+    in the loss and 6e-8 in any weight; in bf16, whose 1- and 2-process runs differ by a bf16 ulp
+    anyway, 8.6e-3 and 2**-8). Refused, naming the stage, both counts and what is
+    supported: ZeRO-3 (`run_state.NOT_CONVERTIBLE` says why), i.e. any layout outside
+    `run_state.CONVERTIBLE`.
     """
-    parts = sorted((resume_dir / ckpt.DS_DIR / DS_TAG).glob("*zero_pp_rank_*_optim_states.pt"))
-    if parts and len(parts) != world:
+    parts = ckpt.optimizer_partitions(resume_dir)
+    if not parts or len(parts) == world:
+        return
+    kind = ckpt.partition_kind(resume_dir)
+    if kind not in ckpt.CONVERTIBLE:
+        from importlib.metadata import version
+
+        why = ckpt.NOT_CONVERTIBLE.get(kind, "no conversion is known for it")
         raise CheckpointError(
-            f"resume checkpoint {str(resume_dir)!r} holds optimizer state partitioned over {len(parts)} processes "
-            f"(ZeRO stage >= 1), and this run has {world}: resume it on {len(parts)} processes. Resuming on "
-            f"another number of processes is supported for ZeRO-0 runs only (their optimizer state is whole); "
-            f"the data order then follows the global batch (batch_size x grad_accum x processes), not the world size"
+            f"resume checkpoint {str(resume_dir)!r} holds {ckpt.PARTITION_KINDS[kind]} optimizer state partitioned "
+            f"over {len(parts)} processes, and this run has {world}: resume it on {len(parts)} processes. Resuming on "
+            f"another number of processes is supported for ZeRO-0 (whole optimizer state) and, through a DeepSpeed "
+            f"universal checkpoint, for {' and '.join(ckpt.PARTITION_KINDS[k] for k in ckpt.CONVERTIBLE)}; not for "
+            f"{ckpt.PARTITION_KINDS[kind]} (DeepSpeed {version('deepspeed')}: {why})"
         )
+
+
+ELASTIC_NOTE = (
+    "elastic resume: {n} -> {m} processes through DeepSpeed universal checkpoint {where}; weights, optimizer "
+    "moments, step, lr schedule and data order continue exactly (keep batch_size x grad_accum x processes = "
+    "{global_batch}); later losses may differ from an uninterrupted {n}-process run in the last bits "
+    "(gradients are summed over {m} process(es) in another order)"
+)
 
 
 SCHEDULE_KEYS = ("steps", "lr", "schedule", "warmup_steps", "decay_frac", "min_lr_ratio")
@@ -607,7 +642,10 @@ def _resume(engine: Any, ema: EMA | None, resume_dir: Path | None, info: DistInf
     """Restore engine (weights, optimizer) and EMA from `resume_dir`; returns the step to continue from."""
     if resume_dir is None:
         return 0
-    client = load_engine_state(engine, resume_dir)
+    if needs_universal(resume_dir, info.world_size):
+        client = _load_universal(engine, resume_dir, info)
+    else:
+        client = load_engine_state(engine, resume_dir)
     start = client.get("step")
     if not isinstance(start, int) or start < 0:
         raise CheckpointError(f"{str(resume_dir)!r}: the DeepSpeed client state holds no step (got {start!r})")
@@ -617,6 +655,36 @@ def _resume(engine: Any, ema: EMA | None, resume_dir: Path | None, info: DistInf
             raise CheckpointError(f"cannot resume the EMA: {str(ema_file)!r} is missing (ema_decay > 0)")
         ema.load_state_dict(read_state(resume_dir, ema=True))  # LoRA adapters joined in when the run has them
     return start
+
+
+def _load_universal(engine: Any, resume_dir: Path, info: DistInfo) -> dict[str, Any]:
+    """Elastic resume of a partitioned optimizer state: rank 0 converts it (or reuses the conversion of an earlier
+    resume), every rank loads it (a collective); returns the client state. Errors reach every rank."""
+    n = len(ckpt.optimizer_partitions(resume_dir))
+    error: CheckpointError | None = None
+    if info.is_main:
+        try:
+            ckpt.convert_to_universal(resume_dir)
+        except CheckpointError as e:
+            error = e
+    error = broadcast_object(error)  # also the barrier: no rank reads before the directory is in place
+    if error is not None:
+        raise error
+    where = ckpt.universal_checkpoint(resume_dir)
+    if where is None:
+        raise CheckpointError(f"{str(resume_dir / ckpt.UNIVERSAL_DIR)!r} is not visible on rank {info.rank} "
+                              f"(several nodes need a shared filesystem)")
+    client = load_engine_state(engine, resume_dir, ds_dir=where)
+    if info.is_main:
+        import yaml
+
+        try:
+            train = (yaml.safe_load((resume_dir / CONFIG_FILE).read_text()) or {}).get("train") or {}
+            global_batch = f"{train['batch_size'] * train['grad_accum'] * n}"
+        except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError):
+            global_batch = "that of the checkpoint's run"
+        print(ELASTIC_NOTE.format(n=n, m=info.world_size, where=where, global_batch=global_batch), flush=True)
+    return client
 
 
 def _tokenizer_dir(cfg: TrainConfig, tokenizer: Any, out: Path) -> Path | None:
