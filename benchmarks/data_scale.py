@@ -14,7 +14,10 @@ batches of `--batch` through `TaskMixture.batch` (the trainer's call: Feistel in
 pread, posterior sample, patchify, layout, collate). Reports peak RSS (VmHWM) after
 opening and after the batches, samples per wall second, and samples per CPU second of
 the process (what one dedicated core delivers; wall time on a shared machine is noisy).
-The loader ratios use the samples per CPU second of the slowest size.
+The loader ratios use the samples per CPU second of the slowest size. The smallest size is
+also drawn through `--workers` loader processes (`loader_workers`, `unimodal.train.prefetch`),
+in wall samples/s of the training process, and the report gives how many one-core workers
+reach 10x the GPU estimate below.
 
 Also measured: random access to one record in an Arrow shard (pread) vs the same records
 in parquet (row groups of 1024), the reason shards are Arrow; and what the S preset
@@ -95,8 +98,8 @@ def make_dataset(root: Path, base: dict, n: int) -> Path:
     return out
 
 
-def child(path: str, batches: int, batch: int) -> None:
-    """One size: open, draw batches, print JSON."""
+def child(path: str, batches: int, batch: int, workers: int = 0) -> None:
+    """One size: open, draw batches (in-process, or through `workers` loader processes), print JSON."""
     import torch
 
     torch.set_num_threads(1)
@@ -117,11 +120,18 @@ def child(path: str, batches: int, batch: int) -> None:
     open_s = time.perf_counter() - t0
     open_rss = rss_mb()
     mix.batch(0, 0, 1, batch)  # warm-up
+    source = mix
+    if workers:
+        from unimodal.train.prefetch import Prefetched, requests_for
+
+        source = Prefetched(mix, requests_for(1, batches + 1, 1, 1, 0, batch), workers)
     t0, c0 = time.perf_counter(), time.process_time()
     for step in range(1, batches + 1):
-        b = mix.batch(step, 0, 1, batch)
+        b = source.batch(step, 0, 1, batch)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    print(json.dumps({"records": len(bank), "open_s": open_s, "rss_start_mb": start_rss, "rss_open_mb": open_rss,
+    if workers:
+        source.close()
+    print(json.dumps({"records": len(bank), "workers": workers, "open_s": open_s, "rss_start_mb": start_rss, "rss_open_mb": open_rss,
                       "rss_peak_mb": rss_mb(), "samples_per_s": batches * batch / seconds,
                       "samples_per_cpu_s": batches * batch / cpu,
                       "batch_shape": list(b.visual.shape)}))
@@ -166,37 +176,52 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=2, help="also time the smallest size through this many loader workers")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-workers", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.batches, args.batch)
+        child(args.child, args.batches, args.batch, args.child_workers)
         return
     rows = []
     with tempfile.TemporaryDirectory(prefix="data_scale-") as tmp:
         root = Path(tmp)
         base = write_base(root)
         access = random_access(root, base)
-        for n in (int(s) for s in args.sizes.split(",")):
-            path = make_dataset(root, base, n)
+        sizes = [int(s) for s in args.sizes.split(",")]
+        paths = {n: make_dataset(root, base, n) for n in sizes}
+        runs = [(n, 0) for n in sizes] + ([(sizes[0], args.workers)] if args.workers else [])
+        for n, w in runs:
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            out = subprocess.run([sys.executable, __file__, "--child", str(path), "--batches", str(args.batches),
-                                  "--batch", str(args.batch)], capture_output=True, text=True, env=env)
+            out = subprocess.run([sys.executable, __file__, "--child", str(paths[n]), "--batches", str(args.batches),
+                                  "--batch", str(args.batch), "--child-workers", str(w)], capture_output=True, text=True, env=env)
             if out.returncode:
                 raise SystemExit(f"size {n} failed:\n{out.stderr}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     need = consumption()
-    worst = min(r["samples_per_cpu_s"] for r in rows)  # per CPU second: what one dedicated core delivers
+    single = [r for r in rows if not r["workers"]]
+    pooled = [r for r in rows if r["workers"]]
+    worst = min(r["samples_per_cpu_s"] for r in single)  # per CPU second: what one dedicated core delivers
+    import math
+
+    cores_for_10x = math.ceil(10 * need["gpu_estimate_samples_per_s"] / worst)
     save("data_scale", {
         "what": "prepared-shard loader (TaskMixture.batch over dataset: prepared, epoch order), one process, one thread",
         "record": "float16 VAE moments 8x32x32 (16 KiB) + int64 label; tokens 1024 x 4 after patchify (patch 1)",
         "note": "sizes above 10^4 hard-link one 10^4-record shard: RSS and CPU are real, disk reads are not measured",
-        "batch": args.batch, "batches": args.batches, "results": rows, "random_access": access,
+        "batch": args.batch, "batches": args.batches, "results": single, "random_access": access,
+        "with_loader_workers": pooled,
+        "workers_note": "loader_workers=N (unimodal.train.prefetch): N processes compute the coming batches; wall "
+                        "samples/s of the training process, on this 2-core machine (the workers share its cores)",
         "s_preset_consumption": need,
         "loader_over_cpu_step": worst / need["cpu_measured_samples_per_s"],
         "loader_over_gpu_estimate": worst / need["gpu_estimate_samples_per_s"],
-        "rss_growth_mb_1e4_to_largest": rows[-1]["rss_peak_mb"] - rows[0]["rss_peak_mb"],
+        "loader_workers_for_10x_gpu_estimate": cores_for_10x,
+        "rss_growth_mb_1e4_to_largest": single[-1]["rss_peak_mb"] - single[0]["rss_peak_mb"],
     })
+    print(f"one core: {worst:.0f} samples/s = {worst / need['gpu_estimate_samples_per_s']:.2f}x the GPU estimate; "
+          f"loader_workers={cores_for_10x} (one core each) reach 10x", flush=True)
 
 
 if __name__ == "__main__":
