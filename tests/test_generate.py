@@ -7,6 +7,7 @@ import torch
 from model_helpers import randomize_
 
 from unimodal.batch import Example
+from unimodal.errors import ConfigError
 from unimodal.generate import (
     BlockEvent,
     Generator,
@@ -231,3 +232,59 @@ def test_one_noisy_block_fast_path_equals_the_general_forward(model):
     two = dataclasses.replace(new, t=new.t.repeat(1, 2), y=new.y.repeat(1, 2))
     with pytest.raises(ConfigError, match="one noisy block slot"):
         model(two, cache=ctx.cache, one_noisy_block=True)
+
+
+@pytest.mark.parametrize("kv_heads", [None, 1])
+def test_block_step_equals_the_cached_forward_padded_tiled_and_first(kv_heads):
+    """`BlockStep` (the sampler's inner loop) gives `forward(cache=..., one_noisy_block=True)`'s outputs: over a
+    cached past read as it is or padded to a larger capacity, tiled for [cond; uncond] rows, with rows that are
+    padding, for grouped-query attention, and for a first block with no past at all."""
+    from unimodal.generate import Context, token_batch
+    from unimodal.layout import IMAGE, PAD_DOC
+    from unimodal.model.block_step import BlockStep, capacity_for
+
+    torch.manual_seed(0)
+    m = randomize_(create_model("tiny", token_dim=C, vocab_size=64, num_classes=5,
+                                **({"n_kv_head": kv_heads} if kv_heads else {})), std=0.03).eval()
+    ctx = Context(m, 3, torch.device("cpu"))
+    ctx.prefill(prompts())
+    g = torch.Generator().manual_seed(3)
+    R = 6  # two guidance branches over the 3-row cache
+    unit = torch.arange(6).repeat(R, 1) + 20
+    pos = torch.randint(0, 9, (R, 6, 3), generator=g)
+    doc = torch.tensor([0, PAD_DOC, 0] * 2)[:, None].expand(-1, 6)
+    x, t, y = torch.randn(R, 6, C, generator=g), torch.tensor([5, 500, 999] * 2), torch.tensor([1, -1, 4, -1, -1, -1])
+    new = token_batch(unit, pos, doc, visual=x, noisy=True, modality=IMAGE, t=t, y=y, token_dim=C)
+    with torch.no_grad():
+        want = m(new, cache=ctx.cache, one_noisy_block=True).pred
+        assert want.abs().mean() > 0.01
+        for padded in (False, True):
+            step = BlockStep(m, ctx.cache, unit, pos, doc, padded=padded)
+            assert step.mask.shape[-1] == (capacity_for(len(ctx.cache)) if padded else len(ctx.cache)) + 6
+            torch.testing.assert_close(step(x, t, y), want, atol=1e-5, rtol=1e-5)
+        first = token_batch(unit[:3], pos[:3], doc[:3], visual=x[:3], noisy=True, modality=IMAGE, t=t[:3], y=y[:3],
+                            token_dim=C)
+        torch.testing.assert_close(BlockStep(m, None, unit[:3], pos[:3], doc[:3])(x[:3], t[:3], y[:3]),
+                                   m(first, one_noisy_block=True).pred, atol=1e-5, rtol=1e-5)
+    assert capacity_for(0) == 0 and capacity_for(1) == capacity_for(64) == 64 and capacity_for(65) == 128
+
+
+def test_compiled_sampling_equals_eager_and_compiles_once_per_capacity(model):
+    """`Generator(compile=True)`: the same images as the eager engine, and blocks whose caches differ in length
+    but share a capacity reuse one compiled step (no compile per block)."""
+    import torch._dynamo
+
+    from unimodal.generate import Generator, VisualSampling
+
+    s = VisualSampling("dpm++", steps=3, cfg_scale=2.0)
+    seg = Image(2, 4, 1, 2)  # 4 blocks: caches of 2, 4, 6 tokens after the first
+    y = torch.tensor([1, 3])
+    eager = Generator(model, 2, seed=5).generate_visual(seg, s, class_labels=y)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = Generator(model, 2, seed=5, compile=True).generate_visual(seg, s, class_labels=y)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+    # one graph without a past (the first block), one for the three blocks that read a padded 64-slot past
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    with pytest.raises(ConfigError, match="use_cache=False"):
+        Generator(model, 2, use_cache=False, compile=True)

@@ -48,6 +48,7 @@ from .layout import (
     pack,
 )
 from .model import ACDiT, KVCache, ModelOutput
+from .model.block_step import BlockStep
 from .tokenizers.text import SPECIAL_IDS
 
 
@@ -301,6 +302,9 @@ class Generator:
         use_cache: KV cache (default) or recompute the whole context each step (reference).
         seed: seeds one torch.Generator used for every random draw (noise, sampling).
         device: defaults to the model's device.
+        compile: run each denoising step through `torch.compile` with static shapes (`BlockStep`);
+            the first block of each shape compiles (tens of seconds on a CPU), later ones reuse it.
+            Default: on when the model's forward is compiled (`ACDiT.compile_forward`).
     """
 
     def __init__(
@@ -310,8 +314,13 @@ class Generator:
         use_cache: bool = True,
         seed: int | None = 0,
         device: torch.device | str | None = None,
+        compile: bool | None = None,
     ):
         self.model = model.eval()
+        # denoising steps through torch.compile (static shapes, `BlockStep`); default: as the model's forward
+        self.compile = bool(getattr(model, "compiled", False)) if compile is None else bool(compile)
+        if self.compile and not use_cache:
+            raise ConfigError("compiled sampling steps read the KV cache: use_cache=False (recompute) cannot compile")
         self.B = batch_size
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.use_cache = use_cache
@@ -492,6 +501,8 @@ class Generator:
         dmat: torch.Tensor, modality: int, labels: list, x: torch.Tensor,
     ) -> torch.Tensor:
         C = self.model.cfg.token_dim
+        if self.use_cache:  # the past is fixed for the whole block: mask, rotary tables and cache read once
+            return self._denoise_cached(sampler, cfg_scale, contexts, shared, units, pos, dmat, labels, x)
         for t in sampler.timesteps:
             tt = torch.full((self.B,), int(t), dtype=torch.long, device=self.device)
             if shared:  # class guidance: [cond; uncond] stacked on the batch over one cache
@@ -505,6 +516,29 @@ class Generator:
                             update=False, one_noisy_block=True).pred
                     for ctx, u, p, y in zip(contexts, units, pos, labels)
                 ] + [None] * (2 - len(contexts))
+            pred = e_c if e_u is None else classifier_free_guidance(e_c, e_u, cfg_scale)
+            x = sampler.step(pred, t, x, generator=self.gen)
+        return x
+
+    def _denoise_cached(
+        self, sampler: Sampler, cfg_scale: float, contexts: list[Context], shared: bool, units: tuple, pos: tuple,
+        dmat: torch.Tensor, labels: list, x: torch.Tensor,
+    ) -> torch.Tensor:
+        """`_denoise_steps` over KV caches: one `BlockStep` per context, built once for the block."""
+        if shared:  # class guidance: [cond; uncond] stacked on the batch over one cache
+            steps = [BlockStep(self.model, self.ctx.cache, units[0].repeat(2, 1), pos[0].repeat(2, 1, 1),
+                               dmat.repeat(2, 1), compiled=self.compile)]
+            ys = [torch.cat([labels[0], torch.full_like(labels[0], -1)])]
+        else:
+            steps = [BlockStep(self.model, ctx.cache, u, p, dmat, compiled=self.compile)
+                     for ctx, u, p in zip(contexts, units, pos)]
+            ys = [y if y is not None else torch.full((self.B,), -1, dtype=torch.long, device=self.device) for y in labels]
+        for t in sampler.timesteps:
+            tt = torch.full((self.B,), int(t), dtype=torch.long, device=self.device)
+            if shared:
+                e_c, e_u = steps[0](x.repeat(2, 1, 1), tt.repeat(2), ys[0]).chunk(2)
+            else:
+                e_c, e_u = [step(x, tt, y) for step, y in zip(steps, ys)] + [None] * (2 - len(steps))
             pred = e_c if e_u is None else classifier_free_guidance(e_c, e_u, cfg_scale)
             x = sampler.step(pred, t, x, generator=self.gen)
         return x

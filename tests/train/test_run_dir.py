@@ -252,8 +252,11 @@ def test_sigint_stops_the_cli_with_one_line_and_exit_130_keeping_the_checkpoint(
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
     log = tmp_path / "stderr.log"
     with open(log, "w") as fh:
+        # SIGINT back to its default in the child: a runner that starts the suite as a background job of a
+        # non-interactive shell passes SIGINT on as ignored, and Python then keeps it ignored (so would the CLI)
         proc = subprocess.Popen([sys.executable, "-m", "unimodal.cli", "train", "--config", str(cfg)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=fh, start_new_session=True)
+                                stdout=subprocess.DEVNULL, stderr=fh, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         t0 = time.monotonic()
         while not list_checkpoints(out / "checkpoints"):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from model_helpers import randomize_
 
+from unimodal import generate
 from unimodal.batch import Example, collate
 from unimodal.config import VisualConfig
 from unimodal.generate import BlockEvent, Generator, VisualEvent, VisualSampling
@@ -25,24 +26,41 @@ def model():
 
 
 class Recorder:
-    """Wraps model.forward: max frame position, cache length and noisy-step inputs/outputs of every call."""
+    """Wraps model.forward and the engine's denoising steps (`BlockStep`): the max frame position and cache
+    length any call saw, and every noisy step's inputs (tokens, t) and outputs."""
 
     def __init__(self, model):
-        self.model, self.orig = model, model.forward
+        self.model, self.orig, self.orig_step = model, model.forward, generate.BlockStep
         self.max_frame, self.max_cache, self.noisy_calls = -1, 0, []
         model.forward = self
+        rec = self
+
+        class Step(generate.BlockStep):
+            def __init__(self, model, cache, unit, pos, doc, **kw):
+                rec.saw(pos, doc, cache)
+                super().__init__(model, cache, unit, pos, doc, **kw)
+
+            def __call__(self, visual, t, y):
+                out = super().__call__(visual, t, y)
+                rec.noisy_calls.append((visual, t, out))
+                return out
+
+        generate.BlockStep = Step
+
+    def saw(self, pos, doc, cache):
+        self.max_frame = max(self.max_frame, int(pos[..., 0][doc >= 0].max()))
+        self.max_cache = max(self.max_cache, 0 if cache is None else len(cache))
 
     def __call__(self, batch, cache=None, update_cache=False, **kw):
-        real = batch.doc >= 0
-        self.max_frame = max(self.max_frame, int(batch.pos[..., 0][real].max()))
-        self.max_cache = max(self.max_cache, 0 if cache is None else len(cache))
+        self.saw(batch.pos, batch.doc, cache)
         out = self.orig(batch, cache=cache, update_cache=update_cache, **kw)
         if bool(batch.noisy.all()):
-            self.noisy_calls.append((batch, out.pred))
+            self.noisy_calls.append((batch.visual, batch.t[:, 0], out.pred))
         return out
 
     def close(self):
         self.model.forward = self.orig
+        generate.BlockStep = self.orig_step
 
 
 def blocks(gen, seg, sampling, **kw) -> list[torch.Tensor]:
@@ -98,8 +116,8 @@ def test_sliding_step_equals_a_trained_length_forward(model):
     finally:
         rec.close()
     b = 6
-    batch, eps = rec.noisy_calls[b * steps + 1]  # second step of block 6
-    x_t, t = batch.visual[0], batch.t[0, 0]
+    visual, ts, eps = rec.noisy_calls[b * steps + 1]  # second step of block 6
+    x_t, t = visual[0], ts[0]
     lay = Layout([Video((window + 1) * FPB, G, G, FPB, noisy=[window])])
     ex = Example(lay, torch.cat([out[b - 2][0], out[b - 1][0], x_t]), 3)
     ref = collate([ex], C)

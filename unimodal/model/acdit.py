@@ -86,8 +86,8 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = nn.Identity()
         self.proj = nn.Linear(self.n_head * cfg.head_dim, cfg.d_model, bias=cfg.proj_bias)
 
-    def forward(self, x: torch.Tensor, ctx: AttnContext, layer: int, q_from: int = 0) -> torch.Tensor:
-        """Attention outputs of the columns q_from.. (every column by default); keys are all of x (and the cache)."""
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, L, hd), k and v (B, Hkv, L, hd) of x, after QK-norm and before RoPE."""
         B, L, D = x.shape
         if self.n_kv == self.n_head:
             qkv = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
@@ -97,7 +97,23 @@ class Attention(nn.Module):
             q = q.view(B, L, self.n_head, self.head_dim).transpose(1, 2)
             k = k.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
             v = v.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = self.q_norm(q), self.k_norm(k)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object, backend: str = "sdpa") -> torch.Tensor:
+        """(B, Lq, D): the output projection of attention of q over k/v (Hkv heads shared by H // Hkv queries)."""
+        B, _, Lq, _ = q.shape
+        if self.n_kv != self.n_head:  # query head i reads key/value head i // (H / Hkv)
+            k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
+        if backend == "flex":
+            y = _flex_attention(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, Lq, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, Lq, self.n_head * self.head_dim))
+
+    def forward(self, x: torch.Tensor, ctx: AttnContext, layer: int, q_from: int = 0) -> torch.Tensor:
+        """Attention outputs of the columns q_from.. (every column by default); keys are all of x (and the cache)."""
+        q, k, v = self.project(x)
         mask = ctx.mask
         if q_from:
             q = apply_rope(q[:, :, q_from:], ctx.cos[:, q_from:], ctx.sin[:, q_from:])
@@ -107,14 +123,7 @@ class Attention(nn.Module):
             q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
         if ctx.cache is not None:
             k, v = ctx.cache.keys_values(layer, k, v, ctx.update_cache)  # (B, Hkv, S+L, hd)
-        if self.n_kv != self.n_head:  # query head i reads key/value head i // (H / Hkv)
-            k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
-            v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
-        if ctx.backend == "flex":
-            y = _flex_attention(q, k, v, mask)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, Lq, hd)
-        return self.proj(y.transpose(1, 2).reshape(B, q.shape[2], self.n_head * self.head_dim))
+        return self.attend(q, k, v, mask, ctx.backend)
 
 
 class MLP(nn.Module):
