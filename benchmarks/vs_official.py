@@ -20,7 +20,8 @@ the cached-vs-recompute sampling speed-up next to its FLOP ideal.
 
 With `--compile` it also times unimodal's train step with `compile: true` (`ACDiT.compile_forward`,
 torch.compile/inductor, static shapes) against the same eager release; the one-time compile is
-reported apart (`compile_s`), not in the step time. `--compile-sampling` adds compiled sampling.
+reported apart (`compile_s`), not in the step time. `--compile-sampling` adds compiled sampling
+(`Generator(compile=True)`: each denoising step is one static-shape compiled `BlockStep`).
 
     python benchmarks/vs_official.py --official-src /path/to/ACDiT [--configs issue,S] [--pairs 5] [--compile]
 """
@@ -214,7 +215,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="also time unimodal's train step with compile: true (ACDiT.compile_forward), compile time apart")
     ap.add_argument("--compile-sampling", action="store_true",
-                    help="with --compile, also time compiled sampling (one compile per cache length: minutes)")
+                    help="with --compile, also time compiled sampling (BlockStep: one compile per padded past length)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--name", default="vs_official")
     args = ap.parse_args()

@@ -377,23 +377,28 @@ class ACDiT(nn.Module):
         Shapes are static (`dynamic=False`): each distinct batch shape and layout compiles once (its
         masks and rotary tables are cached per layout key, outside the graph), up to `max_layouts`
         compiles of this model; beyond that torch falls back to eager for new shapes rather than
-        compiling on every step. Training, the KV-cached engine and eval all go through it.
+        compiling on every step. Training and uncached eval go through it. A forward over a KV cache
+        stays eager (its shape changes with every block): the engine compiles its denoising steps
+        apart, with static shapes (`unimodal.model.block_step`, `Generator(compile=...)`).
         """
         import torch._dynamo
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, max_layouts)
         if not getattr(self, "compiled", False):
+            self._eager_forward_fp = self.forward_fp
             self.forward_fp = torch.compile(self.forward_fp, dynamic=False)
             self.compiled = True
         return self
 
     def forward(self, batch: SequenceBatch, *args, **kwargs) -> ModelOutput:  # noqa: ANN002, ANN003
         """Run the backbone at `self.precision` (see `forward_fp` for the arguments)."""
+        cached = (args[0] if args else kwargs.get("cache")) is not None
+        fp = self._eager_forward_fp if cached and getattr(self, "compiled", False) else self.forward_fp
         if self.precision == "bf16":
             with torch.autocast(batch.unit.device.type, dtype=torch.bfloat16):
-                out = self.forward_fp(batch, *args, **kwargs)
+                out = fp(batch, *args, **kwargs)
             return ModelOutput(*(None if v is None else v.float() for v in (out.text_logits, out.pred)), out.hidden)
-        return self.forward_fp(batch, *args, **kwargs)
+        return fp(batch, *args, **kwargs)
 
     def forward_fp(
         self,
