@@ -87,6 +87,16 @@ def test_minutes_calibration_divides_the_budget_by_the_measured_step_time(monkey
     assert per_step == pytest.approx(0.275) and steps == 218
     assert qs.calibrate_steps(cfg, 0.1, probe_steps=1)[0] == 1
 
+    # the probe runs at the recipe's precision, compiled when the recipe compiles; a compiling first step
+    # (0.25 s on this clock) is paid once out of the budget: int((60 - 0.25) / 0.275) = 217 steps
+    from unimodal.model import ACDiT
+
+    seen = []
+    monkeypatch.setattr(ACDiT, "set_precision", lambda self, p: seen.append(p) or self)
+    monkeypatch.setattr(ACDiT, "compile_forward", lambda self: seen.append("compiled") or self)
+    assert qs.calibrate_steps(cfg.with_overrides(["precision=bf16", "compile=true"]), 60.0, probe_steps=2)[0] == 217
+    assert seen == ["bf16", "compiled"]
+
 
 def test_minutes_must_be_positive(capsys):
     with pytest.raises(SystemExit) as e:

@@ -43,6 +43,9 @@ def config_file(relative: str) -> Path:
 def calibrate_steps(cfg: Any, budget_s: float, probe_steps: int = 6) -> tuple[int, float]:
     """Steps that fit in `budget_s`, from timing a few plain training steps of this exact recipe.
 
+    The probe model runs at the recipe's `precision`, and compiled when the recipe says `compile`
+    (then the first, compiling step's time is taken off the budget, as training pays it once).
+
     Returns:
         (steps, seconds per step measured).
     """
@@ -51,11 +54,13 @@ def calibrate_steps(cfg: Any, budget_s: float, probe_steps: int = 6) -> tuple[in
     from .tasks import build_batch_source, build_tokenizer
 
     tok = build_tokenizer(cfg)
-    model = ACDiT(cfg.model_config(tok.vocab_size if tok is not None else None))
+    model = ACDiT(cfg.model_config(tok.vocab_size if tok is not None else None)).set_precision(cfg.precision)
+    if cfg.compile:
+        model.compile_forward()
     source = build_batch_source(cfg, model.cfg, cfg.visual_config(), tok)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     sched, g = NoiseSchedule(cfg.schedule_config()), torch.Generator().manual_seed(0)
-    times = []
+    times, first = [], 0.0
     for i in range(probe_steps + 1):
         batch = source.batch(i, 0, 1, cfg.batch_size)
         t0 = time.perf_counter()
@@ -63,10 +68,13 @@ def calibrate_steps(cfg: Any, budget_s: float, probe_steps: int = 6) -> tuple[in
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if i:  # the first step warms up allocators
+        if i:  # the first step warms up allocators (and compiles)
             times.append(time.perf_counter() - t0)
+        else:
+            first = time.perf_counter() - t0
     per_step = float(np.median(times)) * 1.1  # data, DeepSpeed and logging overhead
-    return max(1, int(budget_s / per_step)), per_step
+    budget = budget_s - (first if cfg.compile else 0.0)
+    return max(1, int(budget / per_step)), per_step
 
 
 def understanding_samples(ckpt: Any, tok: Any, n: int = 8, seed: int = 0) -> tuple[list[dict[str, str]], torch.Tensor]:
