@@ -393,7 +393,7 @@ class ACDiT(nn.Module):
     def forward(self, batch: SequenceBatch, *args, **kwargs) -> ModelOutput:  # noqa: ANN002, ANN003
         """Run the backbone at `self.precision` (see `forward_fp` for the arguments)."""
         cached = (args[0] if args else kwargs.get("cache")) is not None
-        fp = self._eager_forward_fp if cached and getattr(self, "compiled", False) else self.forward_fp
+        fp = self.__dict__.get("_eager_forward_fp", self.forward_fp) if cached else self.forward_fp
         if self.precision == "bf16":
             with torch.autocast(batch.unit.device.type, dtype=torch.bfloat16):
                 out = fp(batch, *args, **kwargs)
