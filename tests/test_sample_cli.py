@@ -83,6 +83,28 @@ def test_seed_sampler_and_device_flags(class_ckpt, tmp_path, monkeypatch):
     assert set(names) == {("dpm++", 2)}
 
 
+def test_compile_flag_runs_compiled_denoising_steps_with_the_same_images(class_ckpt, tmp_path, monkeypatch):
+    import numpy as np
+
+    import unimodal.generate as G
+
+    made = []
+    real = G.BlockStep
+
+    def spy(*a, **kw):
+        made.append(kw.get("compiled"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(G, "BlockStep", spy)
+    sample_grid(class_ckpt, tmp_path / "a.png", "--class-label", "1,2")
+    assert made and not any(made)
+    made.clear()
+    sample_grid(class_ckpt, tmp_path / "b.png", "--class-label", "1,2", "--compile")
+    assert made and all(made)
+    a, b = (np.asarray(PILImage.open(tmp_path / n), dtype=np.int16) for n in ("a.png", "b.png"))
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1  # float rounding may move a pixel by one level
+
+
 def test_no_ema_samples_the_raw_weights(tmp_path):
     """By default the EMA weights sample; --no-ema samples model.safetensors."""
     raw = randomize_(create_model("tiny", token_dim=V.token_dim, vocab_size=0, num_classes=3), std=0.02, seed=1)
