@@ -7,6 +7,7 @@ split), every column kept, dense SCAM mask through SDPA. Against it:
   trimmed last layer (pure visual rows), on random image and video layouts;
 * the pruned loss (`compute_loss` dropping the columns nothing reads) on random packed
   text/image/video rows;
+* the written-out "math" attention, in fp32 (exact) and as the CPU bf16 route of SDPA;
 * FlexAttention, where it has a backward (CUDA).
 """
 
@@ -140,3 +141,56 @@ def test_flex_equals_dense_sdpa_forward_and_backward():
     torch.testing.assert_close(o2.pred, o1.pred, rtol=2e-3, atol=2e-3)
     for n in g1:
         torch.testing.assert_close(g2[n], g1[n], rtol=5e-3, atol=5e-3)
+
+
+def packed_rows(seed: int):
+    r, g = random.Random(seed), torch.Generator().manual_seed(seed)
+    rows = [[example(Layout(random_segments(r, text=True)), g) for _ in range(2)] for _ in range(3)]
+    b = collate(rows, C)
+    b.t = torch.randint(0, 1000, b.t.shape, generator=g)
+    return unkeyed(b)
+
+
+def out_loss(o):
+    return sum((v.float() ** 2).sum() for v in (o.pred, o.text_logits) if v is not None)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_math_attention_equals_dense_sdpa_forward_and_backward(seed):
+    """attn_backend=math (softmax(q·kᵀ)·v written out) is the SDPA function on random packed text/image/video rows."""
+    b = packed_rows(seed)
+    runs = []
+    for backend in ("sdpa", "math"):
+        m = model(attn_backend=backend)
+        o = m(b)
+        runs.append((o, grads(m, out_loss(o))))
+    (o1, g1), (o2, g2) = runs
+    torch.testing.assert_close(o2.pred, o1.pred, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(o2.text_logits, o1.text_logits, rtol=1e-5, atol=1e-5)
+    assert g1.keys() == g2.keys()
+    rel = {n: float((g2[n] - g1[n]).norm() / g1[n].norm().clamp(min=1e-12)) for n in g1}  # fp32 summation order only
+    assert max(rel.values()) < 1e-5, rel
+
+
+def test_cpu_bf16_routes_short_attention_through_math_and_stays_close_to_fp32(monkeypatch):
+    """bf16 on CPU: SDPA calls with few keys run the written-out attention (its backward is faster there), longer
+    ones stay on SDPA; both stay within bf16 rounding of the fp32 forward and gradients."""
+    import unimodal.model.acdit as A
+
+    b = packed_rows(11)
+    ref = model()
+    o_ref = ref(b)
+    g_ref = grads(ref, out_loss(o_ref))
+    calls = []
+    real = A.math_attention
+    monkeypatch.setattr(A, "math_attention", lambda *a: calls.append(a[1].shape[2]) or real(*a))
+    for limit, routed in ((A.MATH_ATTENTION_MAX_KEYS, True), (0, False)):
+        monkeypatch.setattr(A, "MATH_ATTENTION_MAX_KEYS", limit)
+        calls.clear()
+        m = model().set_precision("bf16")
+        o = m(b)
+        g = grads(m, out_loss(o))
+        assert bool(calls) == routed and all(n <= limit for n in calls)
+        torch.testing.assert_close(o.pred, o_ref.pred, rtol=0.05, atol=0.05)
+        rel = {n: float((g[n] - g_ref[n]).norm() / g_ref[n].norm().clamp(min=1e-8)) for n in g_ref}
+        assert max(rel.values()) < 0.05, rel

@@ -17,7 +17,7 @@ import yaml
 from .errors import ConfigError, check_fields, suggest  # re-exported
 from .registry import Registry
 
-ATTN_BACKENDS = ("auto", "sdpa", "flex")
+ATTN_BACKENDS = ("auto", "sdpa", "flex", "math")
 ROPE_STYLES = ("mrope", "acdit")
 ROPE_FREQS = ("axis", "shared")
 ROPE_SCALINGS = ("linear", "llama3")
@@ -89,7 +89,8 @@ class ModelConfig:
     # None, or {rope_type: linear, factor} / {rope_type: llama3, factor, low_freq_factor,
     # high_freq_factor, original_max_position_embeddings}, as in a Hugging Face config.json
     rope_scaling: dict[str, Any] | None = None
-    attn_backend: Literal["auto", "sdpa", "flex"] = "auto"  # auto: flex on CUDA, SDPA + dense mask elsewhere
+    # auto: flex on CUDA, SDPA + dense mask elsewhere (bf16 on CPU with <= 256 keys: written-out "math" attention)
+    attn_backend: Literal["auto", "sdpa", "flex", "math"] = "auto"
     freq_dim: int = 256  # sinusoidal timestep embedding width (release: 256)
 
     def __post_init__(self) -> None:

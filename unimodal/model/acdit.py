@@ -62,6 +62,14 @@ class AttnContext:
 
 
 _flex_compiled = None
+MATH_ATTENTION_MAX_KEYS = 256  # bf16 on CPU: written-out attention up to this many keys (see Attention.attend)
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ/√d masked)·v for a boolean mask (True: attend), the softmax in fp32. Every query row
+    must allow at least one key (SCAM lets every token see itself), else its row is NaN."""
+    a = (q @ k.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5)
+    return a.masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype) @ v
 
 
 def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: object) -> torch.Tensor:
@@ -100,13 +108,24 @@ class Attention(nn.Module):
         return self.q_norm(q), self.k_norm(k), v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object, backend: str = "sdpa") -> torch.Tensor:
-        """(B, Lq, D): the output projection of attention of q over k/v (Hkv heads shared by H // Hkv queries)."""
+        """(B, Lq, D): the output projection of attention of q over k/v (Hkv heads shared by H // Hkv queries).
+
+        "sdpa" with a dense boolean mask, "flex" with a BlockMask, or "math": softmax(q·kᵀ/√d + mask)·v
+        written out. SDPA picks "math" itself for bf16 on a CPU with at most `MATH_ATTENTION_MAX_KEYS`
+        keys: there its fused kernel's backward is several times slower than two bf16 matmuls
+        (benchmarks/results/attention_cpu.json). The choice reads only shapes and dtypes (no host sync).
+        """
         B, _, Lq, _ = q.shape
         if self.n_kv != self.n_head:  # query head i reads key/value head i // (H / Hkv)
             k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
+        if (backend == "sdpa" and q.device.type == "cpu" and q.dtype == torch.bfloat16
+                and k.shape[2] <= MATH_ATTENTION_MAX_KEYS):
+            backend = "math"
         if backend == "flex":
             y = _flex_attention(q, k, v, mask)
+        elif backend == "math":
+            y = math_attention(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, Lq, hd)
         return self.proj(y.transpose(1, 2).reshape(B, Lq, self.n_head * self.head_dim))
