@@ -23,7 +23,8 @@ from common import save  # noqa: E402
 
 from unimodal.model.acdit import MATH_ATTENTION_MAX_KEYS, math_attention  # noqa: E402
 
-SHAPES = [(32, 4, 112), (32, 6, 112), (8, 4, 256), (4, 4, 512), (4, 4, 1024)]  # (batch, heads, tokens), head dim 64
+SHAPES = [(32, 4, 112), (32, 6, 112), (32, 4, 128), (32, 4, 192), (32, 4, 256), (8, 4, 256), (4, 4, 512), (4, 4, 1024)]
+# (batch, heads, tokens), head dim 64: the vs_official configs (112), the quickstart's packed rows (256), longer ones
 
 
 def median_ms(fn, repeats: int = 9) -> float:

@@ -89,7 +89,7 @@ class ModelConfig:
     # None, or {rope_type: linear, factor} / {rope_type: llama3, factor, low_freq_factor,
     # high_freq_factor, original_max_position_embeddings}, as in a Hugging Face config.json
     rope_scaling: dict[str, Any] | None = None
-    # auto: flex on CUDA, SDPA + dense mask elsewhere (bf16 on CPU with <= 256 keys: written-out "math" attention)
+    # auto: flex on CUDA, SDPA + dense mask elsewhere (bf16 on CPU with <= 128 keys: written-out "math" attention)
     attn_backend: Literal["auto", "sdpa", "flex", "math"] = "auto"
     freq_dim: int = 256  # sinusoidal timestep embedding width (release: 256)
 
