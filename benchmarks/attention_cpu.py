@@ -13,29 +13,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import save  # noqa: E402
+from common import save, timed  # noqa: E402
 
 from unimodal.model.acdit import MATH_ATTENTION_MAX_KEYS, math_attention  # noqa: E402
 
 SHAPES = [(32, 4, 112), (32, 6, 112), (32, 4, 128), (32, 4, 192), (32, 4, 256), (8, 4, 256), (4, 4, 512), (4, 4, 1024)]
 # (batch, heads, tokens), head dim 64: the vs_official configs (112), the quickstart's packed rows (256), longer ones
-
-
-def median_ms(fn, repeats: int = 9) -> float:
-    for _ in range(2):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2] * 1e3
 
 
 def main() -> None:
@@ -50,8 +38,8 @@ def main() -> None:
             q, k, v = (torch.randn(B, H, L, 64, generator=g).to(dtype).requires_grad_() for _ in range(3))
             mask = (torch.rand(B, 1, L, L, generator=g) > 0.3) | torch.eye(L, dtype=torch.bool)
             grad = torch.randn(B, H, L, 64, generator=g).to(dtype)
-            sdpa = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask).backward(grad))
-            math = median_ms(lambda: math_attention(q, k, v, mask).backward(grad))
+            sdpa = 1e3 * timed(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask).backward(grad), 9, 2)
+            math = 1e3 * timed(lambda: math_attention(q, k, v, mask).backward(grad), 9, 2)
             rows.append({"batch": B, "heads": H, "tokens": L, "dtype": str(dtype).split(".")[-1],
                          "sdpa_ms": sdpa, "math_ms": math, "sdpa_over_math": sdpa / math})
             print(f"B={B} H={H} L={L:4d} {rows[-1]['dtype']:8s} fwd+bwd: sdpa {sdpa:7.1f} ms  math {math:7.1f} ms  "

@@ -111,8 +111,9 @@ class BlockStep:
         self.forward = _compiled_forward(model) if compiled else (lambda *a: one_block_forward(model, *a))
 
     def __call__(self, visual: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if getattr(self.model, "precision", "fp32") == "bf16":
-            with torch.autocast(visual.device.type, dtype=torch.bfloat16):
+        dev = visual.device.type
+        if getattr(self.model, "precision", "fp32") == "bf16" and not torch.is_autocast_enabled(dev):
+            with torch.autocast(dev, dtype=torch.bfloat16):  # the engine already opens one region per block
                 out = self.forward(visual, t, y, self.cos, self.sin, self.mask, self.past_k, self.past_v)
         else:
             out = self.forward(visual, t, y, self.cos, self.sin, self.mask, self.past_k, self.past_v)
