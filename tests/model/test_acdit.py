@@ -223,3 +223,22 @@ def test_compiled_forward_gives_the_eager_loss_and_gradients():
         assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
         for n in grads[0]:
             torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-4, rtol=1e-3, msg=n)
+
+
+def test_per_token_spreads_block_vectors_exactly_with_zeros_off_the_noisy_tokens():
+    """per_token (a one-hot bmm) equals an index lookup, values and gradients, with -1 slots and clean tokens zero."""
+    from unimodal.model.acdit import per_token
+
+    g = torch.Generator().manual_seed(0)
+    B, L, NB, K = 3, 11, 4, 6
+    slot = torch.randint(-1, NB, (B, L), generator=g)
+    noisy = (slot >= 0) & (torch.rand(B, L, generator=g) < 0.8)  # some slotted tokens are clean (their clean copy)
+    pb = torch.randn(B, NB, K, generator=g, requires_grad=True)
+    got = per_token(pb, slot, noisy)
+    want = torch.stack([torch.stack([pb[b, slot[b, i]] if noisy[b, i] else pb.new_zeros(K) for i in range(L)])
+                        for b in range(B)])
+    assert torch.equal(got, want)
+    w = torch.randn(B, L, K, generator=g)
+    (ga,) = torch.autograd.grad((got * w).sum(), pb)
+    (gb,) = torch.autograd.grad((want * w).sum(), pb)
+    torch.testing.assert_close(ga, gb, rtol=0, atol=1e-6)

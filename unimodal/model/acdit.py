@@ -37,9 +37,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        # torch's fused kernel on fp32 inputs (the value of x·rsqrt(mean(x²) + eps)·w written out, ~3x
+        # faster forward+backward on CPU), cast back to x's dtype
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -240,9 +240,15 @@ def resolve_precision(precision: str, device: torch.device | str | None = None) 
 
 
 def per_token(per_block: torch.Tensor, slot: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
-    """Gather (B, NB, K) per-block vectors to (B, L, K) tokens; zeros where not noisy."""
-    idx = slot.clamp(min=0)[..., None].expand(-1, -1, per_block.shape[-1])  # (B, L, K)
-    return per_block.gather(1, idx) * noisy[..., None].to(per_block.dtype)
+    """Spread (B, NB, K) per-block vectors to (B, L, K) tokens; zeros where not noisy.
+
+    A batched matmul with the (B, L, NB) one-hot of the tokens' slots, exact (one term of 1.0 per
+    noisy token, none elsewhere): on CPU it and its backward run ~5x faster than `gather` and its
+    scatter-add backward, which took ~10% of a packed easy-VQA training step.
+    """
+    slots = torch.arange(per_block.shape[1], device=slot.device)
+    onehot = ((slot[..., None] == slots) & noisy[..., None]).to(per_block.dtype)  # (B, L, NB)
+    return torch.bmm(onehot, per_block)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
