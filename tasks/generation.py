@@ -63,7 +63,10 @@ class TextToImage(Task):
 
     `prompt_loss` (the mixture's task field, default True as in Transfusion): whether the caption
     is also a language-model target. Off, the text loss is spent on the understanding heads only:
-    an unconditional caption prior is worth nothing to captioning, which reads the image.
+    an unconditional caption prior is worth nothing to captioning, which reads the image. A number
+    p in (0, 1): the caption is a target in a share p of the examples, drawn from the example's rng
+    (the prompt loss at weight p in expectation; true and false draw nothing, so their data stream
+    is unchanged).
     """
 
     name = "text_to_image"
@@ -81,7 +84,9 @@ class TextToImage(Task):
         if not caption:
             raise RecordError(f"{bank.name} record {index} has an empty 'caption'")
         prompt = self.prompt(None if rng.random() < self.drop_prob else caption)
-        return make_example([Text(prompt, loss=self.prompt_loss), self.image_segment(noisy=True)], bank.tokens[index])
+        p = self.prompt_loss
+        loss = p if isinstance(p, bool) else bool(p >= 1.0 or (p > 0.0 and rng.random() < p))
+        return make_example([Text(prompt, loss=loss), self.image_segment(noisy=True)], bank.tokens[index])
 
     @torch.no_grad()
     def generate_tokens(self, model, captions: list[str], sampling: VisualSampling, seed: int = 0) -> torch.Tensor:

@@ -28,7 +28,9 @@ class TaskSpec:
     split: str = "train"
     drop_prob: float = 0.1  # condition dropout for guidance (label / prompt)
     max_text_tokens: int = 256  # longer record texts are truncated (and counted)
-    prompt_loss: bool = True  # text_to_image only: the caption before the image is also a language-model target
+    # text_to_image only: the caption before the image is also a language-model target; a number p in [0, 1]:
+    # in a seeded share p of the examples (the prompt loss at weight p in expectation)
+    prompt_loss: bool | float = True
     qa_per_example: int = 1  # vqa only: question/answer turns drawn per image (per-image records)
     options: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset (dataset "prepared": see load_bank)
     order: str | None = None  # "random" (uniform draws) or "epoch" (each epoch a seeded permutation); default:
@@ -47,8 +49,9 @@ class TaskSpec:
                 raise ConfigError(f"a task entry needs {k!r}: got {d}")
         check_float(f"task {d['name']!r}: weight", d.get("weight", 1.0), low=0.0, low_open=True)
         check_float(f"task {d['name']!r}: drop_prob", d.get("drop_prob", 0.1), low=0.0, high=0.999999)
-        if not isinstance(d.get("prompt_loss", True), bool):
-            raise ConfigError(f"task {d['name']!r}: prompt_loss must be true or false, got {d['prompt_loss']!r}")
+        pl = d.get("prompt_loss", True)
+        if not isinstance(pl, bool):
+            check_float(f"task {d['name']!r}: prompt_loss (true, false or a share in [0, 1])", pl, low=0.0, high=1.0)
         if "prompt_loss" in d and d["name"] != "text_to_image":
             raise ConfigError(f"task {d['name']!r}: prompt_loss applies only to text_to_image (the caption before the image)")
         if "qa_per_example" in d:

@@ -139,6 +139,29 @@ def test_prompt_loss_off_leaves_only_the_diffusion_loss_of_text_to_image(tok, ba
     assert tuple(ex.layout.text_ids[ex.layout.modality == TEXT].tolist()) == (tok.bos_id, *tok.encode(cap), tok.boi_id)
 
 
+def test_prompt_loss_share_makes_the_caption_a_target_in_that_share_of_examples(tok, bank):
+    """prompt_loss: p puts the caption's language-model targets in a share p of the examples (and the whole
+    caption each time: the same targets as prompt_loss true); true and false draw no extra random numbers."""
+    i = next(i for i in range(len(bank)) if bank.columns["caption"][i])
+
+    def task(p):
+        return build_mixture([{"name": "text_to_image", "dataset": "easyvqa", "split": "test", "prompt_loss": p,
+                               "drop_prob": 0.0}], V, tok).entries[0][0]
+
+    full = targets_of(task(True).example(bank, i, np.random.default_rng(0)))
+    assert full
+    rng = np.random.default_rng(1)
+    got = [targets_of(task(0.25).example(bank, i, rng)) for _ in range(2000)]
+    assert all(t in ([], full) for t in got)
+    assert abs(np.mean([t == full for t in got]) - 0.25) < 0.03
+    for p, want in ((True, full), (1.0, full), (False, []), (0.0, [])):
+        rng = np.random.default_rng(2)
+        assert targets_of(task(p).example(bank, i, rng)) == want
+        ref = np.random.default_rng(2)
+        ref.random()  # the prompt-dropout draw, the only one
+        assert rng.random() == ref.random()
+
+
 def test_class_to_image_label_dropout_rate():
     bank = ImageBank(torch.zeros(10, 16, V.token_dim), {"label": list(range(10))}, "fake")
     task = get_task_class("class_to_image")(V, None, drop_prob=0.25)
@@ -286,7 +309,8 @@ def test_mixture_weights_set_the_sampling_proportions(monkeypatch):
         ({"name": "vqa", "dataset": "easyvqa", "prompt_loss": False}, r"prompt_loss applies only to text_to_image"),
         ({"name": "captioning", "dataset": "easyvqa", "qa_per_example": 2}, r"qa_per_example applies only to vqa"),
         ({"name": "vqa", "dataset": "easyvqa", "qa_per_example": 0}, r"qa_per_example"),
-        ({"name": "text_to_image", "dataset": "easyvqa", "prompt_loss": "no"}, r"prompt_loss must be true or false"),
+        ({"name": "text_to_image", "dataset": "easyvqa", "prompt_loss": "no"}, r"prompt_loss \(true, false or a share in \[0, 1\]\)"),
+        ({"name": "text_to_image", "dataset": "easyvqa", "prompt_loss": 1.5}, r"prompt_loss .* in \[0, 1\], got 1.5"),
     ],
 )
 def test_task_spec_errors_name_the_field(spec, pattern):

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from synthetic_source import SyntheticDigits, tiny_config  # noqa: E402
 
 STEPS, CKPT, GLOBAL_BATCH = 4, 2, 4  # train 4 steps, resume from the checkpoint of step 2
-CASES = ["1-fp32", "2-fp32", "1-bf16"]  # ZeRO stage - precision (bf16 at ZeRO-1 runs DeepSpeed's bf16 optimizer)
+CASES = ["1-fp32", "2-fp32", "1-bf16"]  # ZeRO stage - precision (bf16: bf16 engine weights, DeepSpeed's bf16 optimizer)
 # Tolerances. One Adam step moves a weight by about lr (1e-3 here) whatever the gradient's size, so a lost
 # moment, a restarted step count or a wrong weight decay shows as >= 1e-5 (DeepSpeed's ZeRO-3 universal load,
 # whose shared step tensor runs the bias correction ahead, moved weights by 6e-5 in one step); the resumed run differs from the
@@ -45,7 +45,7 @@ FIRST_LOSS_ATOL = 1e-5
 def config(out: Path, world: int, case: str):
     stage, precision = case.split("-")
     return tiny_config(out, batch_size=GLOBAL_BATCH // world, steps=STEPS, ckpt_every=CKPT, zero_stage=int(stage),
-                       precision=precision, weight_decay=0.1, ema_decay=0.0, warmup_steps=1, schedule="cosine", min_lr_ratio=0.1)
+                       precision=precision, weights_dtype=precision, weight_decay=0.1, ema_decay=0.0, warmup_steps=1, schedule="cosine", min_lr_ratio=0.1)
 
 
 def ckpt(run: Path, step: int) -> Path:

@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from unimodal.cli import main
 from unimodal.config import ConfigError
@@ -61,6 +62,21 @@ def test_bad_overrides_name_the_key(override, pattern):
         TrainConfig().with_overrides([override])
 
 
+def test_weights_dtype_follows_a_resumed_checkpoint_and_refuses_a_change():
+    cfg = TrainConfig(precision="bf16")
+    assert cfg.engine_bf16(resumed=True) is True and cfg.engine_bf16(resumed=False) is False  # auto keeps it
+    with pytest.raises(ConfigError, match="trained with bf16 weights in the engine, this config asks for fp32"):
+        cfg.with_overrides(["weights_dtype=fp32"]).engine_bf16(resumed=True)
+    with pytest.raises(ConfigError, match="trained with fp32 weights in the engine, this config asks for bf16"):
+        cfg.with_overrides(["weights_dtype=bf16"]).engine_bf16(resumed=False)
+    with pytest.raises(ConfigError, match="trained with bf16 weights.*precision=bf16"):
+        TrainConfig(precision="fp32").engine_bf16(resumed=True)
+    with pytest.raises(ConfigError, match=r"weights_dtype='bf16' needs precision 'bf16' or 'auto'"):
+        TrainConfig(precision="fp32", weights_dtype="bf16")
+    with pytest.raises(ConfigError, match=r"weights_dtype='fp16' is invalid"):
+        TrainConfig(precision="bf16", weights_dtype="fp16")
+
+
 def test_deepspeed_json_files_and_the_engine_config(tmp_path):
     for stage in range(4):
         data = json.loads((ROOT / "configs" / "deepspeed" / f"zero{stage}.json").read_text())
@@ -69,7 +85,10 @@ def test_deepspeed_json_files_and_the_engine_config(tmp_path):
         ds = deepspeed_config(cfg)
         assert ds["zero_optimization"] == data["zero_optimization"]
         assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["gradient_clipping"]) == (3, 2, 0.5)
-        assert ds["bf16"] == {"enabled": True} and ds["steps_per_print"] >= 10**6 and ds["wall_clock_breakdown"] is False
+        assert ds["steps_per_print"] >= 10**6 and ds["wall_clock_breakdown"] is False
+        assert ds["bf16"] == {"enabled": torch.cuda.is_available()}  # weights_dtype auto: bf16 weights on a GPU only
+        assert deepspeed_config(cfg.with_overrides(["weights_dtype=bf16"]))["bf16"] == {"enabled": True}
+        assert deepspeed_config(cfg.with_overrides(["precision=fp32"]))["bf16"] == {"enabled": False}
     with pytest.raises(ConfigError, match="zero_stage=1 contradicts zero_optimization.stage=3"):
         TrainConfig(deepspeed="zero3", zero_stage=1)
     bad = tmp_path / "ds.json"

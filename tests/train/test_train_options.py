@@ -193,3 +193,30 @@ def test_bf16_trains_with_fp32_master_weights(tmp_path):
     a, b = [h["loss"] for h in fp32.history], [h["loss"] for h in bf16.history]
     assert b[0] == pytest.approx(a[0], rel=1e-2) and b[0] != a[0]  # close, and not secretly fp32
     assert all(math.isfinite(x) for x in b)
+
+
+def test_a_resumed_run_keeps_its_engine_weight_dtype(tmp_path):
+    """DeepSpeed's bf16 optimizer state and a plain AdamW's cannot be loaded into each other: under
+    weights_dtype auto a resumed run keeps its checkpoint's mode (read from meta.json, or for a checkpoint
+    written before meta.json recorded it, from its precision), and an explicit other dtype is refused
+    before anything is written."""
+    import json
+
+    from unimodal.errors import ConfigError
+
+    out = tmp_path / "run"
+    first = train(tiny_config(out, steps=2, ckpt_every=2, precision="bf16", weights_dtype="bf16"), SyntheticDigits())
+    meta_file = first.checkpoint / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["engine_bf16"] is True
+    del meta["engine_bf16"]  # as an older checkpoint: its precision (bf16) says the engine ran in bf16
+    meta_file.write_text(json.dumps(meta))
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    with pytest.raises(ConfigError, match="trained with bf16 weights in the engine, this config asks for fp32"):
+        train(tiny_config(out, steps=3, ckpt_every=1, precision="bf16", weights_dtype="fp32"), SyntheticDigits(), resume="auto")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+    resumed = train(tiny_config(out, steps=3, ckpt_every=1, precision="bf16"), SyntheticDigits(), resume="auto")
+    assert json.loads((resumed.checkpoint / "meta.json").read_text())["engine_bf16"] is True
+    assert [h["step"] for h in resumed.history] == [3] and math.isfinite(resumed.history[0]["loss"])
+    fresh = train(tiny_config(tmp_path / "auto", steps=1, ckpt_every=1, precision="bf16"), SyntheticDigits())
+    assert json.loads((fresh.checkpoint / "meta.json").read_text())["engine_bf16"] is torch.cuda.is_available()

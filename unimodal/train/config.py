@@ -27,6 +27,7 @@ from unimodal.errors import ConfigError, check_float, suggest
 
 LR_SCHEDULES = ("wsd", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "auto")
+WEIGHTS_DTYPES = ("auto", "fp32", "bf16")
 
 # Float options: (name, low, high, low_open). Each must be finite and in [low, high] ((low, high] when low_open).
 _FLOAT_RANGES = (
@@ -94,6 +95,12 @@ class TrainConfig:
     # bf16: mixed precision (ACDiT.set_precision): bf16 matmuls under autocast, fp32 weights (the master copy),
     # norms, softmax statistics and loss; auto: bf16 where the CPU (AMX/AVX512-BF16) or GPU supports it
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    # under bf16, what the DeepSpeed engine holds the weights and gradients in. fp32: autocast alone, the model's
+    # fp32 weights are the master copy. bf16: DeepSpeed's bf16 mode (bf16 weights and gradients: half the weight
+    # memory and gradient all-reduce traffic; an fp32 master copy in its bf16 optimizer). auto: bf16 on a GPU,
+    # fp32 on CPU, where autocast alone steps 1.1x faster (benchmarks/trainer_precision.py); a resumed run keeps
+    # what its checkpoint used
+    weights_dtype: Literal["auto", "fp32", "bf16"] = "auto"
     # torch.compile the backbone's forward (ACDiT.compile_forward; inductor, CPU or GPU): elementwise work
     # (modulate, norms, rotary, gates) fused. One compile per distinct batch layout (~1 min on 2 CPU cores),
     # so it pays in long runs with few layouts (class->image); ZeRO 0-2
@@ -142,6 +149,10 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.schedule={self.schedule!r} is invalid: must be one of {LR_SCHEDULES}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"TrainConfig.precision={self.precision!r} is invalid: must be one of {PRECISIONS}")
+        if self.weights_dtype not in WEIGHTS_DTYPES:
+            raise ConfigError(f"TrainConfig.weights_dtype={self.weights_dtype!r} is invalid: must be one of {WEIGHTS_DTYPES}")
+        if self.weights_dtype == "bf16" and self.precision == "fp32":
+            raise ConfigError("TrainConfig.weights_dtype='bf16' needs precision 'bf16' or 'auto' (got precision='fp32')")
         if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"TrainConfig.zero_stage={self.zero_stage} is invalid: must be one of (0, 1, 2, 3)")
         if self.compile and self.zero_stage == 3:  # (a DeepSpeed JSON's stage 3: checked by the trainer)
@@ -259,6 +270,34 @@ class TrainConfig:
         if self.zero_stage is not None:
             return self.zero_stage
         return int(self.deepspeed_base().get("zero_optimization", {}).get("stage", 0))
+
+    def engine_bf16(self, resumed: bool | None = None) -> bool:
+        """Whether the DeepSpeed engine runs in its bf16 mode (see `weights_dtype`).
+
+        `resumed`: the mode of the checkpoint being resumed (`run_state.engine_bf16_of`), if any. Under "auto"
+        the resumed run keeps it: DeepSpeed's bf16 optimizer state (its fp32 master groups) and a plain
+        AdamW's cannot be loaded into each other. An explicit `weights_dtype` that differs is an error.
+        """
+        from ..model.acdit import resolve_precision
+
+        if resolve_precision(self.precision) != "bf16":
+            want = False
+        elif self.weights_dtype != "auto":
+            want = self.weights_dtype == "bf16"
+        elif resumed is not None:
+            return resumed
+        else:
+            import torch
+
+            want = torch.cuda.is_available()
+        if resumed is not None and resumed != want:
+            was, now = ("bf16", "fp32") if resumed else ("fp32", "bf16")
+            raise ConfigError(
+                f"the checkpoint to resume was trained with {was} weights in the engine, this config asks for {now} "
+                f"(precision={self.precision!r}, weights_dtype={self.weights_dtype!r}); resume with "
+                f"{'precision=bf16 ' if resumed else ''}weights_dtype={was} or auto, or start a new run"
+            )
+        return want
 
     # --- construction ----------------------------------------------------------------------------
     @classmethod

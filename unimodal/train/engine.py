@@ -41,11 +41,12 @@ def import_deepspeed(cfg: TrainConfig) -> Any:
     return deepspeed
 
 
-def deepspeed_config(cfg: TrainConfig, load_universal: bool = False) -> dict[str, Any]:
+def deepspeed_config(cfg: TrainConfig, load_universal: bool = False, resumed_bf16: bool | None = None) -> dict[str, Any]:
     """The engine config: `cfg.deepspeed` JSON (other knobs) + the fields TrainConfig owns.
 
     `load_universal`: the engine will load a DeepSpeed universal checkpoint (an elastic resume,
     `run_state.universal_checkpoint`); DeepSpeed reads the key at load time, not at initialize.
+    `resumed_bf16`: the engine mode of the checkpoint to resume (`run_state.engine_bf16_of`), if any.
     """
     ds = copy.deepcopy(cfg.deepspeed_base())
     if load_universal:
@@ -54,9 +55,7 @@ def deepspeed_config(cfg: TrainConfig, load_universal: bool = False) -> dict[str
     ds["gradient_accumulation_steps"] = cfg.grad_accum
     ds["gradient_clipping"] = cfg.clip_grad
     ds.setdefault("zero_optimization", {})["stage"] = cfg.resolved_zero_stage
-    from ..model.acdit import resolve_precision
-
-    ds["bf16"] = {"enabled": resolve_precision(cfg.precision) == "bf16"}  # "auto": bf16 where the hardware has it
+    ds["bf16"] = {"enabled": cfg.engine_bf16(resumed_bf16)}  # bf16 weights in the engine (TrainConfig.weights_dtype)
     ds["zero_allow_untested_optimizer"] = True  # the client torch AdamW
     ds.setdefault("steps_per_print", 1_000_000_000)  # the trainer logs; DeepSpeed stays quiet
     ds.setdefault("wall_clock_breakdown", False)
@@ -75,15 +74,16 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def create_engine(
-    model: torch.nn.Module, cfg: TrainConfig, load_universal: bool = False
+    model: torch.nn.Module, cfg: TrainConfig, load_universal: bool = False, resumed_bf16: bool | None = None
 ) -> tuple[Any, torch.optim.Optimizer]:
     """Wrap `model` in a DeepSpeed engine with a client AdamW; returns (engine, the AdamW).
 
-    `load_universal`: the engine is to resume from a universal checkpoint (`deepspeed_config`).
+    `load_universal`, `resumed_bf16`: the checkpoint to resume from, as `deepspeed_config` takes them.
     """
     deepspeed = import_deepspeed(cfg)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(cfg, load_universal))
+    ds = deepspeed_config(cfg, load_universal, resumed_bf16)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
     use_weights_only_loading(engine)
     return engine, opt
 

@@ -149,6 +149,28 @@ def partition_kind(path: Path) -> str:
 
 PARTITION_KINDS = {"zero12": "ZeRO stage 1 or 2", "bf16": "ZeRO-1 with bf16 (DeepSpeed's bf16 optimizer)",
                    "zero3": "ZeRO stage 3", "whole": "ZeRO-0"}
+def engine_bf16_of(path: Path) -> bool:
+    """Whether checkpoint `path` was written by a DeepSpeed engine in its bf16 mode (`TrainConfig.weights_dtype`).
+
+    Read from its meta.json (`engine_bf16`); a checkpoint from before that key was recorded ran the engine in bf16
+    exactly when its training config's precision resolved to bf16.
+    """
+    import json
+
+    import yaml
+
+    from ..model.acdit import resolve_precision
+
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+        if isinstance(meta, dict) and isinstance(meta.get("engine_bf16"), bool):
+            return meta["engine_bf16"]
+        train = (yaml.safe_load((path / CONFIG_FILE).read_text()) or {}).get("train") or {}
+        return resolve_precision(str(train.get("precision", "fp32"))) == "bf16"
+    except (OSError, ValueError, AttributeError, yaml.YAMLError) as e:
+        raise CheckpointError(f"{str(path)!r}: cannot tell the engine's weight dtype from meta.json/config.yaml: {e}") from None
+
+
 CONVERTIBLE = ("zero12", "bf16")  # converted by ds_to_universal and loaded back exactly (tests/train/test_elastic_zero.py)
 NOT_CONVERTIBLE = {  # why the others are refused
     "zero3": "its ZeRO-3 universal load gives every parameter group one shared Adam step tensor, which AdamW "

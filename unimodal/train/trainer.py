@@ -232,7 +232,9 @@ def train(
 
         model, lora = build_model(cfg, model_cfg, load_llm=resume_dir is None)
         model.set_precision(cfg.precision)  # bf16: autocast matmuls, fp32 master weights (ACDiT.set_precision)
-        engine, optimizer = create_engine(model, cfg, load_universal=needs_universal(resume_dir, info.world_size))
+        resumed_bf16 = ckpt.engine_bf16_of(resume_dir) if resume_dir is not None else None
+        engine, optimizer = create_engine(model, cfg, load_universal=needs_universal(resume_dir, info.world_size),
+                                          resumed_bf16=resumed_bf16)
         log: MetricsLog | None = None
         prefetched = None
         try:
@@ -254,7 +256,7 @@ def train(
                 return _save(engine, ema, lora, step, cfg, model_cfg, visual, schedule, tokenizer_dir, root, info, log, last_ckpt)
 
             engine.train()
-            own_grad_norm = cfg.resolved_zero_stage == 0 and model.precision == "fp32"  # DeepSpeed reports none there
+            own_grad_norm = cfg.resolved_zero_stage == 0 and not engine.bfloat16_enabled()  # DeepSpeed reports none there
             grad_norm = None
             for step in range(start, cfg.steps):
                 t0 = time.perf_counter()
@@ -360,7 +362,7 @@ def _save(
         return save_checkpoint(
             path, _Weights(model_cfg, state), ema=ema.state_dict(state) if ema is not None else None,  # frozen: live
             visual=visual, schedule=schedule.config, tokenizer_dir=tokenizer_dir,
-            extra={"train": cfg.to_dict(), "tasks": cfg.tasks}, meta={"step": step, "world_size": info.world_size},
+            extra={"train": cfg.to_dict(), "tasks": cfg.tasks}, meta={"step": step, "world_size": info.world_size, "engine_bf16": engine.bfloat16_enabled()},
             lora=lora,
         )
 
@@ -567,6 +569,7 @@ def _check_fits(resume_dir: Path, cfg: TrainConfig, model_cfg: ModelConfig) -> N
             f"cannot resume the EMA: {str(resume_dir / EMA_FILE)!r} is missing (ema_decay={cfg.ema_decay}; "
             f"set ema_decay=0 to resume without one)"
         )
+    cfg.engine_bf16(ckpt.engine_bf16_of(resume_dir))  # ConfigError when the engine's weight dtype would change
 
 
 def _checkpoint_step(path: Path) -> int:
