@@ -67,6 +67,9 @@ VARIANTS: dict[str, list[str]] = {
     "v1_flow": V1 + FLOW,
     "v1_tok400": V1 + TOK400,
     "v1_flow_tok400": V1 + FLOW + TOK400,
+    # block shape: the 4 quadrants are generated as if apart (shape at chance, block-border jumps 5-7x real)
+    "block1": ["visual.block_h=8", "visual.block_w=8"],  # one block: the whole image denoised jointly
+    "block2": ["visual.block_h=4", "visual.block_w=8"],  # two blocks: top half, then bottom half
 }
 COST_KEYS = ("model", "model_overrides.n_layer", "model_overrides.d_model", "batch_size", "pack_tokens", "visual")
 MEASURES = [("VQA accuracy", "vqa_accuracy"), ("caption exact match", "caption_exact_match"),
