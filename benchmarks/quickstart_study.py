@@ -61,15 +61,17 @@ TOK400 = ["tokenizer.vocab_size=400"]  # whole words: "a yellow rectangle" is 3 
 V1_TASKS = ("tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.5, drop_prob: 0.1},"
             " {name: captioning, dataset: easyvqa, weight: 1.0}, {name: vqa, dataset: easyvqa, weight: 2.0}]")
 V1 = ["diffusion.prediction_type=v_prediction", "diffusion.timestep_sampling=uniform", "tokenizer.vocab_size=320", V1_TASKS]
+V2 = ["precision=fp32"]  # the recipe before `precision: auto` (bf16 autocast) became its default
 VARIANTS: dict[str, list[str]] = {
     "today": [],  # the shipped recipe as it is now
     "v1": V1,
     "v1_flow": V1 + FLOW,
     "v1_tok400": V1 + TOK400,
     "v1_flow_tok400": V1 + FLOW + TOK400,
+    "v2": V2,  # the second recipe (flow, fp32), measured at 5/10/20/40 minutes
     # block shape: the 4 quadrants are generated as if apart (shape at chance, block-border jumps 5-7x real)
-    "block1": ["visual.block_h=8", "visual.block_w=8"],  # one block: the whole image denoised jointly
-    "block2": ["visual.block_h=4", "visual.block_w=8"],  # two blocks: top half, then bottom half
+    "v2_block1": V2 + ["visual.block_h=8", "visual.block_w=8"],  # one block: the whole image denoised jointly
+    "v2_block2": V2 + ["visual.block_h=4", "visual.block_w=8"],  # two blocks: top half, then bottom half
 }
 COST_KEYS = ("model", "model_overrides.n_layer", "model_overrides.d_model", "batch_size", "pack_tokens", "visual")
 MEASURES = [("VQA accuracy", "vqa_accuracy"), ("caption exact match", "caption_exact_match"),
@@ -136,11 +138,11 @@ def seconds_per_step(name: str) -> float:
     """The recipe's calibrated s/step (measured once, stored); a cost-changing variant's is scaled by its own."""
     from unimodal.quickstart import calibrate_steps
 
-    recipe_key = "v1" if name.startswith("v1") else "today"  # the v1 rows were timed with the v1 recipe
+    recipe_key = name.split("_")[0] if name.split("_")[0] in ("v1", "v2") else "today"  # each timed with its recipe
     with locked() as doc:
         base = doc.get("seconds_per_step", {}).get(recipe_key)
-    if base is None and recipe_key == "v1":
-        raise SystemExit("no stored seconds_per_step for the v1 recipe: pass --sps")
+    if base is None and recipe_key != "today":
+        raise SystemExit(f"no stored seconds_per_step for the {recipe_key} recipe: pass --sps")
     if base is None:
         _, base = calibrate_steps(recipe([], RUNS / "calibrate"), 60.0)
         with locked() as doc:
@@ -150,7 +152,7 @@ def seconds_per_step(name: str) -> float:
                 f"by the first worker with torch threads={os.environ.get('STUDY_THREADS_AT_CALIBRATION', 'default')}; "
                 "minutes = steps x this")
             doc["machine"] = machine()
-    if name in ("today", "v1") or not any(o.split("=")[0].startswith(COST_KEYS) for o in VARIANTS[name]):
+    if name in ("today", "v1", "v2") or not any(o.split("=")[0].startswith(COST_KEYS) for o in VARIANTS[name]):
         return base
     with locked() as doc:
         ratio = doc.get("cost_ratio", {}).get(name)
