@@ -149,6 +149,8 @@ def partition_kind(path: Path) -> str:
 
 PARTITION_KINDS = {"zero12": "ZeRO stage 1 or 2", "bf16": "ZeRO-1 with bf16 (DeepSpeed's bf16 optimizer)",
                    "zero3": "ZeRO stage 3", "whole": "ZeRO-0"}
+
+
 def engine_bf16_of(path: Path) -> bool:
     """Whether checkpoint `path` was written by a DeepSpeed engine in its bf16 mode (`TrainConfig.weights_dtype`).
 
