@@ -61,6 +61,9 @@ TOK400 = ["tokenizer.vocab_size=400"]  # whole words: "a yellow rectangle" is 3 
 V1_TASKS = ("tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.5, drop_prob: 0.1},"
             " {name: captioning, dataset: easyvqa, weight: 1.0}, {name: vqa, dataset: easyvqa, weight: 2.0}]")
 V1 = ["diffusion.prediction_type=v_prediction", "diffusion.timestep_sampling=uniform", "tokenizer.vocab_size=320", V1_TASKS]
+TEXTCOND = ["model_overrides.text_condition=true"]
+NOPROMPT_TASKS = ("tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.5, drop_prob: 0.1, prompt_loss: false},"
+                  " {name: captioning, dataset: easyvqa, weight: 1.0}, {name: vqa, dataset: easyvqa, weight: 2.0}]")
 V2 = ["precision=fp32"]  # the recipe before `precision: auto` (bf16 autocast) became its default
 VARIANTS: dict[str, list[str]] = {
     "today": [],  # the shipped recipe as it is now
@@ -72,6 +75,9 @@ VARIANTS: dict[str, list[str]] = {
     # block shape: the 4 quadrants are generated as if apart (shape at chance, block-border jumps 5-7x real)
     "v2_block1": V2 + ["visual.block_h=8", "visual.block_w=8"],  # one block: the whole image denoised jointly
     "v2_block2": V2 + ["visual.block_h=4", "visual.block_w=8"],  # two blocks: top half, then bottom half
+    # the prompt in each noisy block's AdaLN condition (pooled text embedding, `model.text_condition`)
+    "v2_textcond": V2 + TEXTCOND,
+    "v2_textcond_noprompt": V2 + TEXTCOND + [NOPROMPT_TASKS],  # ... and the caption no longer a LM target
 }
 COST_KEYS = ("model", "model_overrides.n_layer", "model_overrides.d_model", "batch_size", "pack_tokens", "visual")
 MEASURES = [("VQA accuracy", "vqa_accuracy"), ("caption exact match", "caption_exact_match"),
@@ -134,6 +140,12 @@ def recipe(overrides: list[str], out: Path):
     return TrainConfig.from_file(config_file("train/easyvqa_tiny.yaml"), [f"out_dir={out}", *overrides])
 
 
+def costly(override: str) -> bool:
+    """Whether an override changes the per-step cost (a COST_KEYS key or a field under one)."""
+    key = override.split("=")[0]
+    return any(key == k or key.startswith(k + ".") for k in COST_KEYS)
+
+
 def seconds_per_step(name: str) -> float:
     """The recipe's calibrated s/step (measured once, stored); a cost-changing variant's is scaled by its own."""
     from unimodal.quickstart import calibrate_steps
@@ -152,7 +164,7 @@ def seconds_per_step(name: str) -> float:
                 f"by the first worker with torch threads={os.environ.get('STUDY_THREADS_AT_CALIBRATION', 'default')}; "
                 "minutes = steps x this")
             doc["machine"] = machine()
-    if name in ("today", "v1", "v2") or not any(o.split("=")[0].startswith(COST_KEYS) for o in VARIANTS[name]):
+    if name in ("today", "v1", "v2") or not any(costly(o) for o in VARIANTS[name]):
         return base
     with locked() as doc:
         ratio = doc.get("cost_ratio", {}).get(name)

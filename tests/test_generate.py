@@ -23,10 +23,16 @@ from unimodal.model import create_model
 C = 12
 
 
-@pytest.fixture(scope="module")
-def model():
+def make_model(text_condition: bool):
     torch.manual_seed(0)
-    return randomize_(create_model("tiny", token_dim=C, vocab_size=64, num_classes=5), std=0.03).eval()
+    return randomize_(create_model("tiny", token_dim=C, vocab_size=64, num_classes=5, text_condition=text_condition),
+                      std=0.03).eval()
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "text_condition"])
+def model(request):
+    """Every engine test runs on a model without and with the pooled-text condition (`text_condition`)."""
+    return make_model(request.param)
 
 
 def prompts():
@@ -234,8 +240,8 @@ def test_one_noisy_block_fast_path_equals_the_general_forward(model):
         model(two, cache=ctx.cache, one_noisy_block=True)
 
 
-@pytest.mark.parametrize("kv_heads", [None, 1])
-def test_block_step_equals_the_cached_forward_padded_tiled_and_first(kv_heads):
+@pytest.mark.parametrize("kv_heads,text_condition", [(None, False), (1, True)])
+def test_block_step_equals_the_cached_forward_padded_tiled_and_first(kv_heads, text_condition):
     """`BlockStep` (the sampler's inner loop) gives `forward(cache=..., one_noisy_block=True)`'s outputs: over a
     cached past read as it is or padded to a larger capacity, tiled for [cond; uncond] rows, with rows that are
     padding, for grouped-query attention, and for a first block with no past at all."""
@@ -244,7 +250,7 @@ def test_block_step_equals_the_cached_forward_padded_tiled_and_first(kv_heads):
     from unimodal.model.block_step import BlockStep, capacity_for
 
     torch.manual_seed(0)
-    m = randomize_(create_model("tiny", token_dim=C, vocab_size=64, num_classes=5,
+    m = randomize_(create_model("tiny", token_dim=C, vocab_size=64, num_classes=5, text_condition=text_condition,
                                 **({"n_kv_head": kv_heads} if kv_heads else {})), std=0.03).eval()
     ctx = Context(m, 3, torch.device("cpu"))
     ctx.prefill(prompts())
@@ -269,13 +275,15 @@ def test_block_step_equals_the_cached_forward_padded_tiled_and_first(kv_heads):
     assert capacity_for(0) == 0 and capacity_for(1) == capacity_for(64) == 64 and capacity_for(65) == 128
 
 
-def test_compiled_sampling_equals_eager_and_compiles_once_per_capacity(model):
+def test_compiled_sampling_equals_eager_and_compiles_once_per_capacity():
     """`Generator(compile=True)`: the same images as the eager engine, and blocks whose caches differ in length
-    but share a capacity reuse one compiled step (no compile per block)."""
+    but share a capacity reuse one compiled step (no compile per block). The model has every condition term
+    (class and pooled text), so the compiled step covers the fullest signature."""
     import torch._dynamo
 
     from unimodal.generate import Generator, VisualSampling
 
+    model = make_model(True)
     s = VisualSampling("dpm++", steps=3, cfg_scale=2.0)
     seg = Image(2, 4, 1, 2)  # 4 blocks: caches of 2, 4, 6 tokens after the first
     y = torch.tensor([1, 3])

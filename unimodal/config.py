@@ -79,6 +79,11 @@ class ModelConfig:
     tie_embeddings: bool = False  # share token embedding and LM head
     token_dim: int = 48  # visual token width: channels * patch**2 (pixels) or VAE channels * patch**2
     num_classes: int = 0  # class-conditional label table size (0: none); null class = num_classes
+    # text in a noisy block's condition: the mean token embedding of the text before the block in its
+    # document, through an MLP, added to its AdaLN condition beside t and the class (as SD3's pooled
+    # prompt vector); the prompt then steers every noisy token directly, not only through attention
+    # (docs/architecture.md, "Conditioning"). Needs vocab_size > 0. The clean stream is unchanged.
+    text_condition: bool = False
     rope_axes: tuple[int, int, int] = (16, 24, 24)  # head dim split over (t, h, w); each even, sums to head_dim
     rope_theta: float = 10000.0  # rotary base for every axis
     rope_style: Literal["mrope", "acdit"] = "mrope"  # "acdit" reproduces the release's RoPE-ND quirks
@@ -156,6 +161,10 @@ class ModelConfig:
             )
         if self.tie_embeddings and self.vocab_size == 0:
             raise ConfigError("ModelConfig.tie_embeddings=True needs vocab_size > 0")
+        if not isinstance(self.text_condition, bool):
+            raise ConfigError(f"ModelConfig.text_condition={self.text_condition!r} is invalid: must be true or false")
+        if self.text_condition and self.vocab_size == 0:
+            raise ConfigError("ModelConfig.text_condition=True needs vocab_size > 0 (it pools the text embeddings)")
 
     def _validate_rope_scaling(self) -> None:
         sc = self.rope_scaling

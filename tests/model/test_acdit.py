@@ -30,9 +30,10 @@ def mixed_batch(seed=0):
     return b, lay
 
 
+@pytest.mark.parametrize("text_condition", [False, True], ids=["plain", "text_condition"])
 @torch.no_grad()
-def test_clean_stream_independent_of_t_label_and_noisy_tokens():
-    m = make_model()
+def test_clean_stream_independent_of_t_label_and_noisy_tokens(text_condition):
+    m = make_model(text_condition=text_condition)
     b, _ = mixed_batch()
     layers = tuple(range(m.cfg.n_layer + 1))
     ref = m(b, hidden_layers=layers)
@@ -49,9 +50,10 @@ def test_clean_stream_independent_of_t_label_and_noisy_tokens():
     assert not torch.allclose(out.pred[b.noisy], ref.pred[b.noisy]), "the perturbation changed nothing"
 
 
+@pytest.mark.parametrize("text_condition", [False, True], ids=["plain", "text_condition"])
 @torch.no_grad()
-def test_eps_of_block_i_ignores_later_clean_blocks_and_other_noisy_blocks():
-    m = make_model()
+def test_eps_of_block_i_ignores_later_clean_blocks_and_other_noisy_blocks(text_condition):
+    m = make_model(text_condition=text_condition)
     b, lay = mixed_batch()
     ref = m(b).pred
     for i, blk in enumerate(lay.blocks):
@@ -87,9 +89,10 @@ def test_text_logits_causal():
         assert not torch.allclose(out[0, p + 1 :], ref[0, p + 1 :])
 
 
+@pytest.mark.parametrize("text_condition", [False, True], ids=["plain", "text_condition"])
 @torch.no_grad()
-def test_packed_documents_do_not_interact():
-    m = make_model()
+def test_packed_documents_do_not_interact(text_condition):
+    m = make_model(text_condition=text_condition)
     g = torch.Generator().manual_seed(3)
     a = Example(Layout([Text([1, 2]), Image(2, 4, 2, 2)]), torch.randn(8, C, generator=g), 1)
     c = Example(Layout([Image(2, 2, 1, 1), Text([4])]), torch.randn(4, C, generator=g), 3)
@@ -105,6 +108,39 @@ def test_packed_documents_do_not_interact():
     torch.testing.assert_close(out.pred[0, :La], oa.pred[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.pred[0, La : La + Lc], oc.pred[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.text_logits[0, La : La + Lc], oc.text_logits[0], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_text_condition_pools_the_text_before_each_block_in_its_own_document():
+    """`text_condition`: each noisy block slot pools the mean token embedding of the text before it in its
+    document (none for an image that opens its document, nothing from a packed neighbour or from text after
+    the image); its prediction then follows that text, and text after the image changes nothing."""
+    from unimodal.model.acdit import pooled_text, slot_doc_unit, text_columns
+
+    m = make_model(text_condition=True)
+    g = torch.Generator().manual_seed(3)
+    a = Example(Layout([Text([1, 2, 9]), Image(2, 4, 2, 2), Text([11, 12])]), torch.randn(8, C, generator=g))
+    c = Example(Layout([Image(2, 2, 1, 1), Text([4])]), torch.randn(4, C, generator=g))
+    d = Example(Layout([Text([5, 6]), Image(2, 2, 2, 2)]), torch.randn(4, C, generator=g))
+    b = collate([[a, c, d]], C, seq_len=64)
+    b.t = torch.randint(0, 1000, b.t.shape, generator=g)
+    s_doc, s_unit = slot_doc_unit(b.unit, b.noisy, b.doc, b.block_slot, b.t.shape[1])
+    got = pooled_text(m.tok_embeddings, text_columns(b), b.doc, b.unit, s_doc, s_unit)[0]
+    E = m.tok_embeddings.weight
+    want = [E[[1, 2, 9]].mean(0)] * 2 + [torch.zeros_like(E[0])] * 4 + [E[[5, 6]].mean(0)]
+    assert got.shape[0] == len(want) == b.t.shape[1]
+    torch.testing.assert_close(got, torch.stack(want))
+    ref = m(b).pred
+    after, prompt = b.text_ids.clone(), b.text_ids.clone()
+    after[b.text_ids == 11] = 30  # text after a's image
+    prompt[b.text_ids == 9] = 30  # a's prompt
+    noisy_a = b.noisy[0] & (b.doc[0] == 0)
+    torch.testing.assert_close(m(b.replace(text_ids=after)).pred, ref)
+    assert not torch.allclose(m(b.replace(text_ids=prompt)).pred[0, noisy_a], ref[0, noisy_a])
+    # the pooled term, not only attention, carries the prompt: with it removed the prediction differs
+    plain = copy.deepcopy(m)
+    plain.text_cond = None
+    assert not torch.allclose(plain(b).pred[0, noisy_a], ref[0, noisy_a])
 
 
 def test_zero_init_gives_zero_eps_and_plain_residuals():

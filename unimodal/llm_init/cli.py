@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 # ModelConfig fields a recipe may set on an LLM start: the visual side only (the LLM fixes the rest)
-VISUAL_SIDE_FIELDS = ("token_dim", "num_classes", "freq_dim", "attn_backend")
+VISUAL_SIDE_FIELDS = ("token_dim", "num_classes", "freq_dim", "attn_backend", "text_condition")
 
 
 def init_checkpoint(llm: str | Path, out: str | Path, recipe: str | Path | None = None, overwrite: bool = False) -> Path:

@@ -8,7 +8,7 @@ Supported families (config.json `model_type`):
 * ``qwen3``: Qwen3: per-head QK RMSNorm, head_dim decoupled from the width.
 
 The LLM becomes the text side: token embedding, every block's attention, MLP and norms,
-the final norm and the LM head. The ACDiT parts it lacks (x_embedder, t/y embedders,
+the final norm and the LM head. The ACDiT parts it lacks (x_embedder, t/y embedders, the text conditioner,
 AdaLN-Zero modulation, the final layer) keep `ACDiT.initialize_weights`: AdaLN-Zero and
 the final layer start at zero and only noisy tokens ever read them, so at step 0 the text
 logits are the LLM's. Positions: a text token at index n has (n, n, n) on the three mRoPE

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..batch import SequenceBatch, batch_plan
 from ..config import ModelConfig
 from ..errors import ConfigError
-from ..layout import TEXT
+from ..layout import PAD_DOC, TEXT
 from ..masks import dense_mask, scam_block_mask
 from .kv_cache import KVCache
 from .rope import apply_rope, rope_tables
@@ -239,6 +239,11 @@ def resolve_precision(precision: str, device: torch.device | str | None = None) 
     return precision
 
 
+def text_columns(batch: SequenceBatch) -> torch.Tensor:
+    """(B, L) the token id at text columns, -1 elsewhere (visual and padding): what `pooled_text` reads."""
+    return torch.where(batch.modality == TEXT, batch.text_ids, -1)
+
+
 def per_token(per_block: torch.Tensor, slot: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
     """Spread (B, NB, K) per-block vectors to (B, L, K) tokens; zeros where not noisy.
 
@@ -283,6 +288,46 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(torch.where(y < 0, torch.full_like(y, self.num_classes), y))
 
 
+def pooled_text(
+    emb: nn.Embedding, text: torch.Tensor, doc: torch.Tensor, unit: torch.Tensor, slot_doc: torch.Tensor,
+    slot_unit: torch.Tensor,
+) -> torch.Tensor:
+    """(B, NB, D) per noisy block slot, the mean embedding of the text tokens before it in its document.
+
+    text, doc, unit (B, S): the key columns (text id, -1 where not text). slot_doc, slot_unit (B, NB):
+    each slot's document and first unit. A slot with no such text gets zeros. One masked batched
+    matmul, no host sync; the columns a slot pools are among those its tokens attend under SCAM.
+    """
+    w = ((text[:, None] >= 0) & (doc[:, None] == slot_doc[..., None]) & (unit[:, None] < slot_unit[..., None]))
+    e = emb(text.clamp(min=0))  # (B, S, D)
+    w = w.to(e.dtype)
+    return torch.bmm(w, e) / w.sum(-1, keepdim=True).clamp(min=1.0)
+
+
+class TextConditioner(nn.Module):
+    """`ModelConfig.text_condition`: a noisy block's pooled text (`pooled_text`) -> a (D,) condition term.
+
+    RMSNorm (the pooled embeddings are small and shrink with the prompt length), then a SiLU MLP.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.SiLU(), nn.Linear(cfg.d_model, cfg.d_model))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm(pooled))
+
+
+def slot_doc_unit(unit: torch.Tensor, noisy: torch.Tensor, doc: torch.Tensor, block_slot: torch.Tensor,
+                  n_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, NB) document and first unit of each noisy block slot, from its tokens (PAD_DOC / max for an empty slot)."""
+    slots = torch.arange(n_slots, device=unit.device)
+    m = noisy[:, None] & (block_slot[:, None] == slots[None, :, None])  # (B, NB, L)
+    first = torch.where(m, unit[:, None], torch.iinfo(unit.dtype).max).amin(-1)
+    return torch.where(m, doc[:, None], PAD_DOC).amax(-1), first
+
+
 class FinalLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -322,6 +367,7 @@ class ACDiT(nn.Module):
         self.t_embedder = TimestepEmbedder(D, cfg.freq_dim)
         self.y_embedder = LabelEmbedder(cfg.num_classes, D) if cfg.num_classes > 0 else None
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, D) if cfg.vocab_size > 0 else None
+        self.text_cond = TextConditioner(cfg) if cfg.text_condition else None
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.final_layer = FinalLayer(cfg)
         if cfg.vocab_size > 0:
@@ -342,6 +388,8 @@ class ACDiT(nn.Module):
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.text_cond is not None:  # its output joins the condition at the label table's scale
+            nn.init.normal_(self.text_cond.mlp[2].weight, std=0.02)
         # text embedding: N(0, 0.02) as GPT-2
         if self.tok_embeddings is not None:
             nn.init.normal_(self.tok_embeddings.weight, std=0.02)
@@ -366,13 +414,22 @@ class ACDiT(nn.Module):
             return "sdpa"  # cached decoding has ragged key lengths; the dense mask is exact and cheap there
         return b
 
-    def condition(self, batch: SequenceBatch) -> torch.Tensor | None:
-        """(B, NB, D) condition per noisy block: t embedding + class embedding (None without block slots)."""
+    def condition(self, batch: SequenceBatch, cache: KVCache | None = None) -> torch.Tensor | None:
+        """(B, NB, D) condition per noisy block: t embedding + class embedding (+ pooled text with
+        `text_condition`, over the cached and the new tokens). None without block slots."""
         if batch.t.shape[1] == 0:
             return None
         c = self.t_embedder(batch.t)
         if self.y_embedder is not None:
             c = c + self.y_embedder(batch.y)
+        if self.text_cond is not None:
+            text = text_columns(batch)
+            unit, doc = batch.unit, batch.doc
+            if cache is not None and len(cache):
+                unit, _, doc = cache.meta_with(unit, batch.noisy, doc)
+                text = cache.text_with(text)
+            s_doc, s_unit = slot_doc_unit(batch.unit, batch.noisy, batch.doc, batch.block_slot, batch.t.shape[1])
+            c = c + self.text_cond(pooled_text(self.tok_embeddings, text, doc, unit, s_doc, s_unit))
         return c
 
     def embed(self, batch: SequenceBatch, has_text: bool = True) -> torch.Tensor:
@@ -453,7 +510,7 @@ class ACDiT(nn.Module):
                 raise ConfigError(f"hidden layer {i} out of range: valid are 0..{self.cfg.n_layer}")
         plan = batch_plan(batch, prune=False) if batch.layout_key is not None and cache is None else None
         x = self.embed(batch, has_text=plan is None or plan.has_text)  # (B, L, D)
-        c = self.condition(batch)  # (B, NB, D) or None
+        c = self.condition(batch, cache)  # (B, NB, D) or None
         backend = self.attention_backend(x.device, cache is not None)
         if cache is not None:
             cos, sin = self._rope(batch.pos)
@@ -477,7 +534,7 @@ class ACDiT(nn.Module):
             if i + 1 in hidden_layers:
                 hidden[i + 1] = x
         if cache is not None and update_cache:
-            cache.commit_meta(batch.unit, batch.noisy, batch.doc)
+            cache.commit_meta(batch.unit, batch.noisy, batch.doc, text_columns(batch))
 
         eps = None
         fl = self.final_layer

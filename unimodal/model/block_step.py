@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from ..masks import dense_mask
+from .acdit import pooled_text
 from .kv_cache import KVCache
 from .rope import apply_rope
 
@@ -40,8 +41,11 @@ def capacity_for(cached: int, minimum: int = 64) -> int:
 def one_block_forward(
     model: torch.nn.Module, visual: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cos: torch.Tensor,
     sin: torch.Tensor, mask: torch.Tensor, past_k: list[torch.Tensor] | None, past_v: list[torch.Tensor] | None,
+    text_c: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The model output (R, n, C) for one noisy block per row: visual (R, n, C), t and y (R,).
+
+    text_c (R, 1, D): the block's pooled-text condition term (`ModelConfig.text_condition`), or None.
 
     mask (R, 1, n, P + n) allows the P past slots and the block's own tokens; past_k / past_v hold
     per layer (R, Hkv, P, hd), or are None when there is no past. The per-block modulation is
@@ -51,6 +55,8 @@ def one_block_forward(
     c = model.t_embedder(t[:, None])  # (R, 1, D): the one block slot
     if model.y_embedder is not None:
         c = c + model.y_embedder(y[:, None])
+    if text_c is not None:
+        c = c + text_c
     for i, blk in enumerate(model.blocks):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = blk.adaLN_modulation(c).chunk(6, dim=-1)
         q, k, v = blk.attn.project(torch.addcmul(shift_msa, blk.norm1(x), 1 + scale_msa))
@@ -108,13 +114,20 @@ class BlockStep:
         else:
             self.mask = dense_mask(unit, noisy, doc)[:, None]
             self.past_k = self.past_v = None
+        self.text_c = None
+        if getattr(model, "text_cond", None) is not None:  # the past is fixed: its pooled text is too
+            text, k_unit, k_doc = torch.full_like(unit, -1), unit, doc
+            if S:
+                (k_unit, _, k_doc), text = cache.meta_with(unit, noisy, doc), cache.text_with(text)
+            pooled = pooled_text(model.tok_embeddings, text, k_doc, k_unit, doc[:, :1], unit.amin(1, keepdim=True))
+            self.text_c = model.text_cond(pooled)  # (R, 1, D)
         self.forward = _compiled_forward(model) if compiled else (lambda *a: one_block_forward(model, *a))
 
     def __call__(self, visual: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         dev = visual.device.type
         if getattr(self.model, "precision", "fp32") == "bf16" and not torch.is_autocast_enabled(dev):
             with torch.autocast(dev, dtype=torch.bfloat16):  # the engine already opens one region per block
-                out = self.forward(visual, t, y, self.cos, self.sin, self.mask, self.past_k, self.past_v)
+                out = self.forward(visual, t, y, self.cos, self.sin, self.mask, self.past_k, self.past_v, self.text_c)
         else:
-            out = self.forward(visual, t, y, self.cos, self.sin, self.mask, self.past_k, self.past_v)
+            out = self.forward(visual, t, y, self.cos, self.sin, self.mask, self.past_k, self.past_v, self.text_c)
         return out.float()

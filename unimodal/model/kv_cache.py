@@ -17,7 +17,11 @@ import torch
 
 
 class KVCache:
-    """Keys/values (B, H, S, hd) per layer and unit/noisy/doc (B, S) of the cached tokens."""
+    """Keys/values (B, H, S, hd) per layer and unit/noisy/doc/text (B, S) of the cached tokens.
+
+    `text` holds the token id at cached text columns and -1 elsewhere (padding included): what a
+    model with `text_condition` pools into the condition of a later noisy block.
+    """
 
     def __init__(self, n_layer: int):
         self.n_layer = n_layer
@@ -30,6 +34,7 @@ class KVCache:
         self.unit: torch.Tensor | None = None
         self.noisy: torch.Tensor | None = None
         self.doc: torch.Tensor | None = None
+        self.text: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self._len
@@ -60,6 +65,13 @@ class KVCache:
             torch.cat([self.noisy.repeat(rep, 1), noisy], 1),
             torch.cat([self.doc.repeat(rep, 1), doc], 1),
         )
+
+    def text_with(self, text: torch.Tensor) -> torch.Tensor:
+        """Text ids (-1: not text) of the cached tokens followed by the new ones, tiled to the new batch size."""
+        if self.unit is None:
+            return text
+        rep = text.shape[0] // self.unit.shape[0]
+        return torch.cat([self.text.repeat(rep, 1), text], 1)
 
     @staticmethod
     def _room(buf: torch.Tensor | None, like: torch.Tensor, need: int, keep: int) -> torch.Tensor:
@@ -140,8 +152,9 @@ class KVCache:
 
         return [read(b) for b in self._k], [read(b) for b in self._v]
 
-    def commit_meta(self, unit: torch.Tensor, noisy: torch.Tensor, doc: torch.Tensor) -> None:
-        """Record the tokens just written to every layer as cached (their metadata and count)."""
+    def commit_meta(self, unit: torch.Tensor, noisy: torch.Tensor, doc: torch.Tensor, text: torch.Tensor) -> None:
+        """Record the tokens just written to every layer as cached (their metadata, text ids and count)."""
+        self.text = self.text_with(text)
         self.unit, self.noisy, self.doc = self.meta_with(unit, noisy, doc)
         self._len = int(self.unit.shape[1])
         self._state += 1
@@ -155,6 +168,7 @@ class KVCache:
         self._v = [b[:, :, S - n : S].clone() for b in self._v]
         self._owned, self._tiled = True, [None] * self.n_layer
         self.unit, self.noisy, self.doc = self.unit[:, -n:], self.noisy[:, -n:], self.doc[:, -n:]
+        self.text = self.text[:, -n:]
         self._len, self._state = n, self._state + 1
 
     def copy(self) -> "KVCache":
@@ -162,7 +176,7 @@ class KVCache:
         out = KVCache(self.n_layer)
         out._k, out._v = list(self._k), list(self._v)
         out._len, out._state = self._len, self._state
-        out.unit, out.noisy, out.doc = self.unit, self.noisy, self.doc
+        out.unit, out.noisy, out.doc, out.text = self.unit, self.noisy, self.doc, self.text
         out._owned = self._owned = False
         return out
 
@@ -174,5 +188,5 @@ class KVCache:
         out._k = [b[rows, :, : self._len] for b in self._k]
         out._v = [b[rows, :, : self._len] for b in self._v]
         out._len = self._len
-        out.unit, out.noisy, out.doc = self.unit[rows], self.noisy[rows], self.doc[rows]
+        out.unit, out.noisy, out.doc, out.text = self.unit[rows], self.noisy[rows], self.doc[rows], self.text[rows]
         return out
