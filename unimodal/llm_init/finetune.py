@@ -28,7 +28,7 @@ from ..errors import ConfigError, check_fields, suggest
 
 SIDES = ("text", "visual", "all")
 PARTS = ("text", "visual", "all")
-_VISUAL_PREFIXES = ("x_embedder.", "t_embedder.", "y_embedder.", "final_layer.")
+_VISUAL_PREFIXES = ("x_embedder.", "t_embedder.", "y_embedder.", "text_cond.", "final_layer.")
 _TEXT_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")  # inside blocks (lm_head is left alone: it may be tied)
 
 
