@@ -64,6 +64,9 @@ V1 = ["diffusion.prediction_type=v_prediction", "diffusion.timestep_sampling=uni
 TEXTCOND = ["model_overrides.text_condition=true"]
 NOPROMPT_TASKS = ("tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.5, drop_prob: 0.1, prompt_loss: false},"
                   " {name: captioning, dataset: easyvqa, weight: 1.0}, {name: vqa, dataset: easyvqa, weight: 2.0}]")
+ROPE100 = ["model_overrides.rope_theta=100"]
+T2I3_TASKS = ("tasks=[{name: text_to_image, dataset: easyvqa, weight: 3.0, drop_prob: 0.1},"
+              " {name: captioning, dataset: easyvqa, weight: 1.0}, {name: vqa, dataset: easyvqa, weight: 2.0}]")
 V2 = ["precision=fp32"]  # the recipe before `precision: auto` (bf16 autocast) became its default
 VARIANTS: dict[str, list[str]] = {
     "today": [],  # the shipped recipe as it is now
@@ -78,6 +81,10 @@ VARIANTS: dict[str, list[str]] = {
     # the prompt in each noisy block's AdaLN condition (pooled text embedding, `model.text_condition`)
     "v2_textcond": V2 + TEXTCOND,
     "v2_textcond_noprompt": V2 + TEXTCOND + [NOPROMPT_TASKS],  # ... and the caption no longer a LM target
+    # rotary base 100 (the release's formula for an 8x8 grid): with 10000 only ~3 of the 12 frequency pairs per
+    # axis tell positions 0..7 apart, and generated tokens are chosen as if alone (4x4-pixel on/off patches)
+    "v2_textcond_rope100": V2 + TEXTCOND + ROPE100,
+    "v2_textcond_rope100_t2i3": V2 + TEXTCOND + ROPE100 + [T2I3_TASKS],  # ... and twice the text->image share
 }
 COST_KEYS = ("model", "model_overrides.n_layer", "model_overrides.d_model", "batch_size", "pack_tokens", "visual")
 MEASURES = [("VQA accuracy", "vqa_accuracy"), ("caption exact match", "caption_exact_match"),

@@ -188,7 +188,6 @@ class Block(nn.Module):
         x = x + (gate_msa + ungated) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), ctx, layer)
         return x + (gate_mlp + ungated) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
-
     def _forward_split(self, x: torch.Tensor, c: torch.Tensor, ctx: AttnContext, layer: int) -> torch.Tensor:
         """The same block when the noisy stream is NB blocks of bs tokens at columns s.. (BatchPlan.split).
 
