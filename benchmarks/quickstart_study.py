@@ -84,6 +84,11 @@ VARIANTS: dict[str, list[str]] = {
     # rotary base 100 (the release's formula for an 8x8 grid): with 10000 only ~3 of the 12 frequency pairs per
     # axis tell positions 0..7 apart, and generated tokens are chosen as if alone (4x4-pixel on/off patches)
     "v2_textcond_rope100": V2 + TEXTCOND + ROPE100,
+    "v2_rope100": V2 + ROPE100,  # rotary base 100 (the release's formula on an 8x8 grid), not 10000
+    "v2_diffw3": V2 + ["loss.diffusion=3.0"],  # three times the diffusion loss weight
+    # diagnosis: text->image alone (understanding untrained): does the mixture or the diffusion learner limit shape?
+    "v2_t2ionly": V2 + ["tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.0, drop_prob: 0.1}]"],
+    "v2_bs16": V2 + ["batch_size=16"],  # half the batch: about twice the steps in the same minutes
     "v2_textcond_rope100_t2i3": V2 + TEXTCOND + ROPE100 + [T2I3_TASKS],  # ... and twice the text->image share
 }
 COST_KEYS = ("model", "model_overrides.n_layer", "model_overrides.d_model", "batch_size", "pack_tokens", "visual")
@@ -176,7 +181,7 @@ def seconds_per_step(name: str) -> float:
     with locked() as doc:
         ratio = doc.get("cost_ratio", {}).get(name)
     if ratio is None:  # measured back to back so machine load cancels
-        _, b = calibrate_steps(recipe([], RUNS / "calibrate"), 60.0)
+        _, b = calibrate_steps(recipe(VARIANTS[recipe_key], RUNS / "calibrate"), 60.0)  # its own recipe's cost
         _, v = calibrate_steps(recipe(VARIANTS[name], RUNS / "calibrate"), 60.0)
         ratio = v / b
         with locked() as doc:
