@@ -89,6 +89,9 @@ VARIANTS: dict[str, list[str]] = {
     # diagnosis: text->image alone (understanding untrained): does the mixture or the diffusion learner limit shape?
     "v2_t2ionly": V2 + ["tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.0, drop_prob: 0.1}]"],
     "v2_bs16": V2 + ["batch_size=16"],  # half the batch: about twice the steps in the same minutes
+    # noisy tokens' AdaLN gates start open (1 + modulation) instead of adaLN-Zero: after 40 min the zero-init
+    # gates are still ~0.1 at every t, so each noisy layer adds ~10% and tokens are denoised nearly alone
+    "v2_gate1": V2 + ["model_overrides.gate_init=one"],
     "v2_textcond_rope100_t2i3": V2 + TEXTCOND + ROPE100 + [T2I3_TASKS],  # ... and twice the text->image share
 }
 COST_KEYS = ("model", "model_overrides.n_layer", "model_overrides.d_model", "batch_size", "pack_tokens", "visual")
@@ -225,8 +228,9 @@ def gate_magnitudes(model, ts=(0, 50, 100, 300, 600, 999)) -> dict[str, float]:
             g_msa, g_mlp = [], []
             for blk in model.blocks:
                 mod = blk.adaLN_modulation(c)[0].chunk(6, dim=-1)
-                g_msa.append(mod[2].abs().mean())
-                g_mlp.append(mod[5].abs().mean())
+                g1, g2 = blk.gates(mod[2], mod[5]) if hasattr(blk, "gates") else (mod[2], mod[5])  # effective gates
+                g_msa.append(g1.abs().mean())
+                g_mlp.append(g2.abs().mean())
             out[f"gate_msa_t{t}"] = float(torch.stack(g_msa).mean())
             out[f"gate_mlp_t{t}"] = float(torch.stack(g_mlp).mean())
     return out

@@ -71,11 +71,12 @@ def assert_grads_close(a, b):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=lambda s, n=n: f"{n}: {s}")
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_keyed_split_path_equals_reference_on_pure_visual_rows(seed):
-    """Same layout in every row (a clean|noisy split): cached tables, broadcast AdaLN, trimmed last layer."""
+@pytest.mark.parametrize("seed,gate_init", [(s, "zero") for s in range(6)] + [(s, "one") for s in range(3)])
+def test_keyed_split_path_equals_reference_on_pure_visual_rows(seed, gate_init):
+    """Same layout in every row (a clean|noisy split): cached tables, broadcast AdaLN, trimmed last layer;
+    with adaLN-Zero gates and with gates that start open (`gate_init: one`)."""
     r, g = random.Random(seed), torch.Generator().manual_seed(seed)
-    m = model()
+    m = model(gate_init=gate_init)
     lay = Layout(random_segments(r, text=False))
     if lay.num_noisy_blocks == 0:
         lay = Layout([Image(4, 4, 2, 2)])
@@ -92,11 +93,11 @@ def test_keyed_split_path_equals_reference_on_pure_visual_rows(seed):
     assert_grads_close(g_out, g_ref)
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_pruned_loss_equals_full_loss_on_random_packed_rows(seed):
+@pytest.mark.parametrize("seed,gate_init", [(s, "zero") for s in range(8)] + [(s, "one") for s in range(3)])
+def test_pruned_loss_equals_full_loss_on_random_packed_rows(seed, gate_init):
     """compute_loss with the unread columns dropped == the full dense-mask forward; gradients too."""
     r, g = random.Random(100 + seed), torch.Generator().manual_seed(seed)
-    m = model()
+    m = model(gate_init=gate_init)
     rows = []
     for _ in range(3):
         docs = [example(Layout(random_segments(r, text=True)), g) for _ in range(r.randint(1, 2))]

@@ -23,16 +23,17 @@ from unimodal.model import create_model
 C = 12
 
 
-def make_model(text_condition: bool):
+def make_model(**kw):
     torch.manual_seed(0)
-    return randomize_(create_model("tiny", token_dim=C, vocab_size=64, num_classes=5, text_condition=text_condition),
-                      std=0.03).eval()
+    return randomize_(create_model("tiny", token_dim=C, vocab_size=64, num_classes=5, **kw), std=0.03).eval()
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "text_condition"])
+@pytest.fixture(scope="module", params=[{}, {"text_condition": True}, {"gate_init": "one"}],
+                ids=["plain", "text_condition", "gate_one"])
 def model(request):
-    """Every engine test runs on a model without and with the pooled-text condition (`text_condition`)."""
-    return make_model(request.param)
+    """Every engine test runs on a plain model, one with the pooled-text condition (`text_condition`) and one
+    whose noisy gates are 1 + the modulation (`gate_init: one`)."""
+    return make_model(**request.param)
 
 
 def prompts():
@@ -240,8 +241,8 @@ def test_one_noisy_block_fast_path_equals_the_general_forward(model):
         model(two, cache=ctx.cache, one_noisy_block=True)
 
 
-@pytest.mark.parametrize("kv_heads,text_condition", [(None, False), (1, True)])
-def test_block_step_equals_the_cached_forward_padded_tiled_and_first(kv_heads, text_condition):
+@pytest.mark.parametrize("kv_heads,extra", [(None, {}), (1, {"text_condition": True}), (None, {"gate_init": "one"})])
+def test_block_step_equals_the_cached_forward_padded_tiled_and_first(kv_heads, extra):
     """`BlockStep` (the sampler's inner loop) gives `forward(cache=..., one_noisy_block=True)`'s outputs: over a
     cached past read as it is or padded to a larger capacity, tiled for [cond; uncond] rows, with rows that are
     padding, for grouped-query attention, and for a first block with no past at all."""
@@ -250,7 +251,7 @@ def test_block_step_equals_the_cached_forward_padded_tiled_and_first(kv_heads, t
     from unimodal.model.block_step import BlockStep, capacity_for
 
     torch.manual_seed(0)
-    m = randomize_(create_model("tiny", token_dim=C, vocab_size=64, num_classes=5, text_condition=text_condition,
+    m = randomize_(create_model("tiny", token_dim=C, vocab_size=64, num_classes=5, **extra,
                                 **({"n_kv_head": kv_heads} if kv_heads else {})), std=0.03).eval()
     ctx = Context(m, 3, torch.device("cpu"))
     ctx.prefill(prompts())
@@ -283,7 +284,7 @@ def test_compiled_sampling_equals_eager_and_compiles_once_per_capacity():
 
     from unimodal.generate import Generator, VisualSampling
 
-    model = make_model(True)
+    model = make_model(text_condition=True)
     s = VisualSampling("dpm++", steps=3, cfg_scale=2.0)
     seg = Image(2, 4, 1, 2)  # 4 blocks: caches of 2, 4, 6 tokens after the first
     y = torch.tensor([1, 3])

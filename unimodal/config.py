@@ -19,6 +19,7 @@ from .registry import Registry
 
 ATTN_BACKENDS = ("auto", "sdpa", "flex", "math")
 ROPE_STYLES = ("mrope", "acdit")
+GATE_INITS = ("zero", "one")
 ROPE_FREQS = ("axis", "shared")
 ROPE_SCALINGS = ("linear", "llama3")
 MLP_KINDS = ("gelu", "swiglu")
@@ -84,6 +85,11 @@ class ModelConfig:
     # prompt vector); the prompt then steers every noisy token directly, not only through attention
     # (docs/architecture.md, "Conditioning"). Needs vocab_size > 0. The clean stream is unchanged.
     text_condition: bool = False
+    # the noisy tokens' AdaLN residual gates. zero: the modulation's gate itself, zero at init (DiT's
+    # adaLN-Zero; the paper and the release). one: 1 + the gate, so a noisy token starts with the clean
+    # tokens' open residual and the noisy stream is the whole trunk from step 0; the modulation learns a
+    # deviation (docs/architecture.md, "Conditioning"). The model output still starts at zero.
+    gate_init: Literal["zero", "one"] = "zero"
     rope_axes: tuple[int, int, int] = (16, 24, 24)  # head dim split over (t, h, w); each even, sums to head_dim
     rope_theta: float = 10000.0  # rotary base for every axis
     rope_style: Literal["mrope", "acdit"] = "mrope"  # "acdit" reproduces the release's RoPE-ND quirks
@@ -165,6 +171,8 @@ class ModelConfig:
             raise ConfigError(f"ModelConfig.text_condition={self.text_condition!r} is invalid: must be true or false")
         if self.text_condition and self.vocab_size == 0:
             raise ConfigError("ModelConfig.text_condition=True needs vocab_size > 0 (it pools the text embeddings)")
+        if self.gate_init not in GATE_INITS:
+            raise ConfigError(f"ModelConfig.gate_init={self.gate_init!r} is invalid: must be one of {GATE_INITS}")
 
     def _validate_rope_scaling(self) -> None:
         sc = self.rope_scaling

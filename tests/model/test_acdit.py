@@ -158,6 +158,32 @@ def test_zero_init_gives_zero_eps_and_plain_residuals():
 
 
 @torch.no_grad()
+def test_gate_init_one_opens_the_noisy_residual_and_keeps_zero_output():
+    """`gate_init: one`: at init a noisy token passes every block with gate 1, like a clean token (adaLN-Zero
+    would pass it through unchanged), and the model output is still zero; a bad value is one ConfigError."""
+    from unimodal.errors import ConfigError
+
+    b, _ = mixed_batch()
+    noisy = b.noisy.bool()
+    zero = create_model("tiny", token_dim=C, vocab_size=64)
+    torch.manual_seed(0)
+    one = create_model("tiny", token_dim=C, vocab_size=64, gate_init="one")
+    torch.manual_seed(0)
+    ref = create_model("tiny", token_dim=C, vocab_size=64)
+    ref.load_state_dict(one.state_dict())  # same weights, adaLN-Zero gates
+    n = one.cfg.n_layer
+    out, out_ref = one(b, hidden_layers=tuple(range(n + 1))), ref(b, hidden_layers=tuple(range(n + 1)))
+    assert torch.count_nonzero(out.pred) == 0
+    for i in range(1, n + 1):
+        assert not torch.equal(out.hidden[i][noisy], out.hidden[i - 1][noisy]), i  # the residual is open
+        assert torch.equal(out_ref.hidden[i][noisy], out_ref.hidden[0][noisy]), i  # adaLN-Zero: closed
+    torch.testing.assert_close(out.text_logits, out_ref.text_logits)  # the clean stream does not see the gates
+    assert zero.cfg.gate_init == "zero"
+    with pytest.raises(ConfigError, match="gate_init='open'.*zero.*one"):
+        create_model("tiny", token_dim=C, vocab_size=64, gate_init="open")
+
+
+@torch.no_grad()
 def test_flex_attention_matches_sdpa():
     pytest.importorskip("torch.nn.attention.flex_attention")
     m = make_model()

@@ -173,6 +173,11 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.d_model, 6 * cfg.d_model))
+        self.gate_one = cfg.gate_init == "one"  # noisy gates are 1 + the modulation's (ModelConfig.gate_init)
+
+    def gates(self, gate_msa: torch.Tensor, gate_mlp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noisy tokens' residual gates from the modulation's two gate chunks (ModelConfig.gate_init)."""
+        return (1 + gate_msa, 1 + gate_mlp) if self.gate_one else (gate_msa, gate_mlp)
 
     def forward(
         self, x: torch.Tensor, c: torch.Tensor | None, slot: torch.Tensor, noisy: torch.Tensor, ctx: AttnContext, layer: int
@@ -184,7 +189,7 @@ class Block(nn.Module):
             return self._forward_split(x, c, ctx, layer)
         mod = per_token(self.adaLN_modulation(c), slot, noisy)  # (B, L, 6D), zeros on clean tokens
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
-        ungated = (~noisy)[..., None].to(x.dtype)  # clean tokens: gate 1
+        ungated = (~noisy | self.gate_one)[..., None].to(x.dtype)  # clean tokens: gate 1 (noisy too with gate_init one)
         x = x + (gate_msa + ungated) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), ctx, layer)
         return x + (gate_mlp + ungated) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
@@ -198,6 +203,7 @@ class Block(nn.Module):
         s, nb, bs = ctx.split
         mod = self.adaLN_modulation(c)[:, :, None]  # (B, NB, 1, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
+        gate_msa, gate_mlp = self.gates(gate_msa, gate_mlp)
         q0 = s if layer == ctx.trim_layer else 0
         h = _on_noisy(self.norm1(x), s, nb, bs, lambda t: torch.addcmul(shift_msa, t, 1 + scale_msa))
         a = self.attn(h, ctx, layer, q0)

@@ -59,6 +59,7 @@ def one_block_forward(
         c = c + text_c
     for i, blk in enumerate(model.blocks):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = blk.adaLN_modulation(c).chunk(6, dim=-1)
+        gate_msa, gate_mlp = blk.gates(gate_msa, gate_mlp)
         q, k, v = blk.attn.project(torch.addcmul(shift_msa, blk.norm1(x), 1 + scale_msa))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if past_k is not None:
