@@ -69,6 +69,11 @@ T2I3_TASKS = ("tasks=[{name: text_to_image, dataset: easyvqa, weight: 3.0, drop_
               " {name: captioning, dataset: easyvqa, weight: 1.0}, {name: vqa, dataset: easyvqa, weight: 2.0}]")
 QA4_TASKS = ("tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.5, drop_prob: 0.1},"
              " {name: captioning, dataset: easyvqa, weight: 1.0}, {name: vqa, dataset: easyvqa, weight: 2.0, qa_per_example: 4}]")
+PROMPT25_TASKS = ("tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.5, drop_prob: 0.1, prompt_loss: 0.25},"
+                  " {name: captioning, dataset: easyvqa, weight: 1.0}, {name: vqa, dataset: easyvqa, weight: 2.0}]")
+QA4_NOPROMPT_TASKS = ("tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.5, drop_prob: 0.1, prompt_loss: false},"
+                      " {name: captioning, dataset: easyvqa, weight: 1.0},"
+                      " {name: vqa, dataset: easyvqa, weight: 2.0, qa_per_example: 4}]")
 V2 = ["precision=fp32"]  # the recipe before `precision: auto` (bf16 autocast) became its default
 VARIANTS: dict[str, list[str]] = {
     "today": [],  # the shipped recipe as it is now
@@ -103,6 +108,14 @@ VARIANTS: dict[str, list[str]] = {
     "v2_res16": V2 + ["visual.image_size=16", "visual.patch_size=2"],
     # whole-word tokens (vocab auto: 475 pieces) and 4 question/answer turns an image; the prompt loss stays
     "v2_words_qa4": V2 + ["tokenizer.vocab_size=auto", QA4_TASKS],
+    # the caption a language-model target in a quarter of the text->image examples (55% of the text targets are
+    # that prompt loss, which a caption prior cannot lower; VQA gets 14%)
+    "v2_prompt25": V2 + [PROMPT25_TASKS],
+    # whole words + 4 turns lift understanding but lose the text->image colour: with whole words the prompt's LM
+    # targets (colour after "a", shape after the colour) are uniform whatever the word, which pushes the prompt's
+    # states to forget it. The pooled prompt embedding in the AdaLN condition reads the words themselves.
+    "v2_words_qa4_tc": V2 + ["tokenizer.vocab_size=auto", QA4_TASKS] + TEXTCOND,
+    "v2_words_qa4_tc_noprompt": V2 + ["tokenizer.vocab_size=auto", QA4_NOPROMPT_TASKS] + TEXTCOND,
     "v2_textcond_rope100_t2i3": V2 + TEXTCOND + ROPE100 + [T2I3_TASKS],  # ... and twice the text->image share
 }
 COST_KEYS = ("model", "model_overrides.n_layer", "model_overrides.d_model", "batch_size", "pack_tokens", "visual")
