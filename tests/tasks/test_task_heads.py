@@ -150,8 +150,8 @@ def test_prompt_loss_share_makes_the_caption_a_target_in_that_share_of_examples(
 
     full = targets_of(task(True).example(bank, i, np.random.default_rng(0)))
     assert full
-    rng = np.random.default_rng(1)
-    got = [targets_of(task(0.25).example(bank, i, rng)) for _ in range(2000)]
+    rng, quarter = np.random.default_rng(1), task(0.25)
+    got = [targets_of(quarter.example(bank, i, rng)) for _ in range(2000)]
     assert all(t in ([], full) for t in got)
     assert abs(np.mean([t == full for t in got]) - 0.25) < 0.03
     for p, want in ((True, full), (1.0, full), (False, []), (0.0, [])):
