@@ -92,7 +92,9 @@ def test_the_easyvqa_recipe_runs_from_the_command_line(tmp_path, capsys):
     assert {t["name"] for t in ck.config["tasks"]} == {"text_to_image", "captioning", "vqa"}
     # the recipe's mixture weights and tokenizer size (configs/train/easyvqa_tiny.yaml) reach the run
     assert {t["name"]: t["weight"] for t in ck.config["tasks"]} == {"text_to_image": 1.5, "captioning": 1.0, "vqa": 2.0}
-    assert ck.model.cfg.vocab_size == 320 and (ck.model.cfg.n_layer, ck.model.cfg.d_model) == (4, 256)
+    # vocab_size auto: the whole-word pieces easy-VQA's train text supports (475); the pooled prompt condition is on
+    assert ck.model.cfg.vocab_size == 475 and (ck.model.cfg.n_layer, ck.model.cfg.d_model) == (4, 256)
+    assert ck.model.cfg.text_condition and ck.model.text_cond is not None
     assert ck.config["train"]["batch_size"] == 4 and ck.config["train"]["steps"] == 2  # the command-line overrides
     lines = metrics(out)
     assert [x["step"] for x in lines] == [2]  # log_every 20: the run's last step closes the window
