@@ -56,24 +56,25 @@ EVAL_TASKS = ("easyvqa_vqa", "easyvqa_caption", "easyvqa_t2i", "easyvqa_probe")
 EVAL_LIMIT = 300
 FLOW = ["diffusion.prediction_type=flow", "diffusion.timestep_sampling=logit_normal"]
 TOK400 = ["tokenizer.vocab_size=400"]  # whole words: "a yellow rectangle" is 3 pieces, not 11
+
+
+def mixture(t2i: str = "", vqa: str = "", t2i_weight: str = "1.5") -> str:
+    """A `tasks=` override of the quickstart's three-task mixture; t2i / vqa: extra fields of those entries."""
+    return (f"tasks=[{{name: text_to_image, dataset: easyvqa, weight: {t2i_weight}, drop_prob: 0.1{t2i}}},"
+            f" {{name: captioning, dataset: easyvqa, weight: 1.0}}, {{name: vqa, dataset: easyvqa, weight: 2.0{vqa}}}]")
+
+
 # The first shipped recipe (until 2026-12-03): v-prediction, a 320-piece tokenizer, one question per VQA
 # example; rows measured with it are the "v1..." variants, so they stay reproducible after the recipe moved on.
-V1_TASKS = ("tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.5, drop_prob: 0.1},"
-            " {name: captioning, dataset: easyvqa, weight: 1.0}, {name: vqa, dataset: easyvqa, weight: 2.0}]")
+V1_TASKS = mixture()
 V1 = ["diffusion.prediction_type=v_prediction", "diffusion.timestep_sampling=uniform", "tokenizer.vocab_size=320", V1_TASKS]
 TEXTCOND = ["model_overrides.text_condition=true"]
-NOPROMPT_TASKS = ("tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.5, drop_prob: 0.1, prompt_loss: false},"
-                  " {name: captioning, dataset: easyvqa, weight: 1.0}, {name: vqa, dataset: easyvqa, weight: 2.0}]")
+NOPROMPT_TASKS = mixture(", prompt_loss: false")
 ROPE100 = ["model_overrides.rope_theta=100"]
-T2I3_TASKS = ("tasks=[{name: text_to_image, dataset: easyvqa, weight: 3.0, drop_prob: 0.1},"
-              " {name: captioning, dataset: easyvqa, weight: 1.0}, {name: vqa, dataset: easyvqa, weight: 2.0}]")
-QA4_TASKS = ("tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.5, drop_prob: 0.1},"
-             " {name: captioning, dataset: easyvqa, weight: 1.0}, {name: vqa, dataset: easyvqa, weight: 2.0, qa_per_example: 4}]")
-PROMPT25_TASKS = ("tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.5, drop_prob: 0.1, prompt_loss: 0.25},"
-                  " {name: captioning, dataset: easyvqa, weight: 1.0}, {name: vqa, dataset: easyvqa, weight: 2.0}]")
-QA4_NOPROMPT_TASKS = ("tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.5, drop_prob: 0.1, prompt_loss: false},"
-                      " {name: captioning, dataset: easyvqa, weight: 1.0},"
-                      " {name: vqa, dataset: easyvqa, weight: 2.0, qa_per_example: 4}]")
+T2I3_TASKS = mixture(t2i_weight="3.0")
+QA4_TASKS = mixture(vqa=", qa_per_example: 4")
+PROMPT25_TASKS = mixture(", prompt_loss: 0.25")
+QA4_NOPROMPT_TASKS = mixture(", prompt_loss: false", ", qa_per_example: 4")
 V2 = ["precision=fp32"]  # the recipe before `precision: auto` (bf16 autocast) became its default
 VARIANTS: dict[str, list[str]] = {
     "today": [],  # the shipped recipe as it is now
@@ -91,7 +92,7 @@ VARIANTS: dict[str, list[str]] = {
     # rotary base 100 (the release's formula for an 8x8 grid): with 10000 only ~3 of the 12 frequency pairs per
     # axis tell positions 0..7 apart, and generated tokens are chosen as if alone (4x4-pixel on/off patches)
     "v2_textcond_rope100": V2 + TEXTCOND + ROPE100,
-    "v2_rope100": V2 + ROPE100,  # rotary base 100 (the release's formula on an 8x8 grid), not 10000
+    "v2_rope100": V2 + ROPE100,
     "v2_diffw3": V2 + ["loss.diffusion=3.0"],  # three times the diffusion loss weight
     # diagnosis: text->image alone (understanding untrained): does the mixture or the diffusion learner limit shape?
     "v2_t2ionly": V2 + ["tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.0, drop_prob: 0.1}]"],
@@ -252,7 +253,7 @@ def gate_magnitudes(model, ts=(0, 50, 100, 300, 600, 999)) -> dict[str, float]:
             g_msa, g_mlp = [], []
             for blk in model.blocks:
                 mod = blk.adaLN_modulation(c)[0].chunk(6, dim=-1)
-                g1, g2 = blk.gates(mod[2], mod[5]) if hasattr(blk, "gates") else (mod[2], mod[5])  # effective gates
+                g1, g2 = blk.gates(mod[2], mod[5])  # the effective gates (ModelConfig.gate_init)
                 g_msa.append(g1.abs().mean())
                 g_mlp.append(g2.abs().mean())
             out[f"gate_msa_t{t}"] = float(torch.stack(g_msa).mean())
