@@ -76,6 +76,9 @@ QA4_TASKS = mixture(vqa=", qa_per_example: 4")
 PROMPT25_TASKS = mixture(", prompt_loss: 0.25")
 QA4_NOPROMPT_TASKS = mixture(", prompt_loss: false", ", qa_per_example: 4")
 V2 = ["precision=fp32"]  # the recipe before `precision: auto` (bf16 autocast) became its default
+# the recipe adopted on 2026-12-07 (whole words, 4 QA turns, no prompt loss, text_condition), in fp32
+ADOPTED = V2 + ["tokenizer.vocab_size=auto", QA4_NOPROMPT_TASKS] + TEXTCOND
+P8 = ["visual.patch_size=8", "visual.block_h=2", "visual.block_w=2"]
 VARIANTS: dict[str, list[str]] = {
     "today": [],  # the shipped recipe as it is now
     "v1": V1,
@@ -118,6 +121,16 @@ VARIANTS: dict[str, list[str]] = {
     "v2_words_qa4_tc": V2 + ["tokenizer.vocab_size=auto", QA4_TASKS] + TEXTCOND,
     "v2_words_qa4_tc_noprompt": V2 + ["tokenizer.vocab_size=auto", QA4_NOPROMPT_TASKS] + TEXTCOND,
     "v2_textcond_rope100_t2i3": V2 + TEXTCOND + ROPE100 + [T2I3_TASKS],  # ... and twice the text->image share
+    # 8x8-pixel tokens (a 4x4 grid of 192-dim tokens; blocks of 2x2 tokens, still 4 quadrants): generated shapes are
+    # scattered on/off 4x4-pixel tokens, each noisy token deciding "shape or background" nearly alone at high noise;
+    # with 16 tokens an image there are 4x fewer decisions to agree on, an outline fits inside one token's linear
+    # output, and every sequence is shorter (more steps in the same minutes)
+    "v2_adopted_p8": ADOPTED + P8,
+    "v2_adopted_p8_block1": ADOPTED + P8 + ["visual.block_h=4", "visual.block_w=4"],  # ... one block: plain diffusion
+    # diagnosis on the adopted recipe: text->image alone, three times its examples at equal steps (understanding
+    # untrained): does sharing the model with understanding limit the shape, or the diffusion learner itself?
+    "v2_adopted_t2ionly": ADOPTED + ["tasks=[{name: text_to_image, dataset: easyvqa, weight: 1.0, drop_prob: 0.1, "
+                                     "prompt_loss: false}]"],
 }
 COST_KEYS = ("model", "model_overrides.n_layer", "model_overrides.d_model", "batch_size", "pack_tokens", "visual")
 MEASURES = [("VQA accuracy", "vqa_accuracy"), ("caption exact match", "caption_exact_match"),
