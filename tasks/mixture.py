@@ -32,6 +32,9 @@ class TaskSpec:
     # in a seeded share p of the examples (the prompt loss at weight p in expectation)
     prompt_loss: bool | float = True
     qa_per_example: int = 1  # vqa only: question/answer turns drawn per image (per-image records)
+    # vqa only, per-image records: draw turns so that each question pattern's answers are equally likely
+    # (VQA.balance_answers): a model cannot answer "is there a red shape?" from the question alone
+    balance_answers: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset (dataset "prepared": see load_bank)
     order: str | None = None  # "random" (uniform draws) or "epoch" (each epoch a seeded permutation); default:
     # epoch for prepared shards, random otherwise
@@ -58,6 +61,11 @@ class TaskSpec:
             check_positive_int(f"task {d['name']!r}: qa_per_example", d["qa_per_example"])
             if d["name"] != "vqa":
                 raise ConfigError(f"task {d['name']!r}: qa_per_example applies only to vqa (turns after one image)")
+        if "balance_answers" in d:
+            if not isinstance(d["balance_answers"], bool):
+                raise ConfigError(f"task {d['name']!r}: balance_answers must be true or false, got {d['balance_answers']!r}")
+            if d["name"] != "vqa":
+                raise ConfigError(f"task {d['name']!r}: balance_answers applies only to vqa (its question/answer turns)")
         if d.get("order") not in (None, "random", "epoch"):
             raise ConfigError(f"task {d['name']!r}: order must be 'random' or 'epoch', got {d['order']!r}")
         return cls(**d)
@@ -280,7 +288,7 @@ def build_mixture(
         if key not in banks:
             banks[key] = load_bank(s.dataset, s.split, visual, s.options)
         task = get_task_class(s.name)(visual, tokenizer, drop_prob=s.drop_prob, max_text_tokens=s.max_text_tokens)
-        task.prompt_loss, task.qa_per_example = s.prompt_loss, s.qa_per_example
+        task.prompt_loss, task.qa_per_example, task.balance_answers = s.prompt_loss, s.qa_per_example, s.balance_answers
         entries.append((task, s.weight, banks[key]))
         orders.append(s.order or ("epoch" if s.dataset == "prepared" else "random"))
     mix = TaskMixture(entries, visual.token_dim, seed)

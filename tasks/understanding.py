@@ -91,6 +91,35 @@ class Captioning(_ImageToText):
         return [_input_grid(self, model, bank, indices, out, stem), "", *_table(["caption (truth)", "caption (model)"], rows)]
 
 
+def question_pattern(question: str, answer_words: set[str]) -> str:
+    """The question with every word that is some answer masked: "is there a red shape?" -> "is there a _ shape"."""
+    return " ".join("_" if w in answer_words else w for w in question.lower().rstrip(" ?").split())
+
+
+def answer_balance_weights(questions: list[list[str]], answers: list[list[str]]) -> list[np.ndarray]:
+    """Per record, a weight per (question, answer) pair that makes each question pattern's answers equally likely.
+
+    The pattern of a question masks the words that are answers somewhere in the bank
+    (`question_pattern`). A pair of pattern p and answer a weighs n_p / (k_p · n_pa): n_p questions
+    of p, k_p distinct answers of p, n_pa of them answered a. Summed over the bank, every (p, a)
+    then gets n_p / k_p: a pattern keeps its share of the questions, split evenly over its answers.
+    """
+    answer_words = {w for rec in answers for a in rec for w in str(a).lower().split()}
+    pats = [[question_pattern(q, answer_words) for q in rec] for rec in questions]
+    n_p: dict[str, int] = {}
+    n_pa: dict[tuple[str, str], int] = {}
+    for rec_p, rec_a in zip(pats, answers, strict=True):
+        for p, a in zip(rec_p, rec_a, strict=True):
+            a = str(a).lower().strip()
+            n_p[p] = n_p.get(p, 0) + 1
+            n_pa[p, a] = n_pa.get((p, a), 0) + 1
+    k_p: dict[str, int] = {}
+    for p, _ in n_pa:
+        k_p[p] = k_p.get(p, 0) + 1
+    return [np.array([n_p[p] / (k_p[p] * n_pa[p, str(a).lower().strip()]) for p, a in zip(rec_p, rec_a)], dtype=np.float64)
+            for rec_p, rec_a in zip(pats, answers)]
+
+
 @register_task
 class VQA(_ImageToText):
     """Image + question → answer; loss on the answer tokens (and <eos>) only.
@@ -102,17 +131,40 @@ class VQA(_ImageToText):
     that many distinct pairs of the record as turns after one image (``q1 a1 <eos> q2 a2 <eos>
     ...``, loss on the answers only, as a LLaVA conversation). One image then teaches several
     answers for the cost of its tokens once; the first turn is exactly the eval format.
+
+    `balance_answers` (the mixture's task field, default false): with per-image records, draw a
+    record's pairs with weights that make every answer of a question pattern equally likely over
+    the bank (`answer_balance_weights`), as VQA v2 balanced its questions with complementary
+    images. Without it a template such as "is there a red shape?" is "no" for 79% of easy-VQA
+    images, and a young model answers from the question alone.
     """
 
     name = "vqa"
     qa_per_example = 1
+    balance_answers = False
+
+    def _record_pairs(self, bank: ImageBank, index: int) -> tuple[list[str], list[str]]:
+        qs, ans = bank.column("questions", index), bank.column("answers", index)
+        if not qs or len(qs) != len(ans):
+            raise RecordError(f"{bank.name} record {index}: 'questions' and 'answers' must be non-empty and of equal length")
+        return qs, ans
+
+    def _pair_probs(self, bank: ImageBank, index: int) -> np.ndarray | None:
+        """Draw probabilities of the record's pairs under `balance_answers`, else None (uniform)."""
+        if not self.balance_answers:
+            return None
+        cache = self.__dict__.setdefault("_balance_cache", {})
+        hit = cache.get(id(bank))
+        if hit is None or hit[0] is not bank:
+            hit = cache[id(bank)] = (bank, answer_balance_weights(bank.columns["questions"], bank.columns["answers"]))
+        w = hit[1][index]
+        return w / w.sum()
 
     def pair(self, bank: ImageBank, index: int, rng: np.random.Generator) -> tuple[str, str]:
         if "questions" in bank.columns:
-            qs, ans = bank.column("questions", index), bank.column("answers", index)
-            if not qs or len(qs) != len(ans):
-                raise RecordError(f"{bank.name} record {index}: 'questions' and 'answers' must be non-empty and of equal length")
-            k = int(rng.integers(len(qs)))
+            qs, ans = self._record_pairs(bank, index)
+            p = self._pair_probs(bank, index)
+            k = int(rng.integers(len(qs))) if p is None else int(rng.choice(len(qs), p=p))
             return qs[k], ans[k]
         return bank.column("question", index), bank.column("answer", index)
 
@@ -120,10 +172,9 @@ class VQA(_ImageToText):
         """The (question, answer) turns of one example: `pair`, or up to `qa_per_example` distinct ones."""
         if self.qa_per_example == 1 or "questions" not in bank.columns:
             return [self.pair(bank, index, rng)]
-        qs, ans = bank.column("questions", index), bank.column("answers", index)
-        if not qs or len(qs) != len(ans):
-            raise RecordError(f"{bank.name} record {index}: 'questions' and 'answers' must be non-empty and of equal length")
-        pick = rng.choice(len(qs), size=min(self.qa_per_example, len(qs)), replace=False)
+        qs, ans = self._record_pairs(bank, index)
+        p = self._pair_probs(bank, index)
+        pick = rng.choice(len(qs), size=min(self.qa_per_example, len(qs)), replace=False, p=p)
         return [(qs[int(k)], ans[int(k)]) for k in pick]
 
     def example(self, bank: ImageBank, index: int, rng: np.random.Generator) -> Example:

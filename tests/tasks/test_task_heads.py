@@ -128,6 +128,49 @@ def test_vqa_turns_per_example_are_distinct_pairs_of_the_record_with_loss_on_ans
     assert a.layout.key == b.layout.key
 
 
+def test_answer_balance_weights_split_each_pattern_evenly_over_its_answers():
+    from unimodal.tasks.understanding import answer_balance_weights, question_pattern
+
+    assert question_pattern("Is there a RED shape?", {"red", "yes"}) == "is there a _ shape"
+    # pattern "is there a _ shape": 1 yes, 5 no (colour words are answers elsewhere); pattern "what color is it": 3 answers
+    qs = [["is there a red shape?", "is there a blue shape?", "what color is it?"],
+          ["is there a red shape?", "is there a green shape?", "is there a blue shape?", "what color is it?"],
+          ["is there a blue shape?", "what color is it?"]]
+    ans = [["yes", "no", "red"], ["no", "no", "no"] + ["green"], ["no", "blue"]]
+    w = answer_balance_weights(qs, ans)
+    assert [len(x) for x in w] == [3, 4, 3 - 1]
+    mass: dict[tuple[str, str], float] = {}
+    for rec_q, rec_a, rec_w in zip(qs, ans, w):
+        for q, a, x in zip(rec_q, rec_a, rec_w):
+            key = ("yn" if q.startswith("is") else "open", a if q.startswith("is") else "any")
+            mass[key] = mass.get(key, 0.0) + x
+    # each pattern keeps its question count (6 yes/no, 3 open), split evenly over its answers
+    assert mass[("yn", "yes")] == pytest.approx(3.0) and mass[("yn", "no")] == pytest.approx(3.0)
+    assert mass[("open", "any")] == pytest.approx(3.0)
+    assert w[0][2] == pytest.approx(1.0)  # open answers are each seen once: weight 3 / (3 * 1)
+
+
+def test_balance_answers_draws_a_skewed_patterns_answers_evenly(tok):
+    from unimodal.tasks.mixture import TaskSpec
+
+    n = 400  # every record: one "yes" and four "no" questions of one pattern (the colour named differs)
+    cols = ["red", "green", "blue", "gray", "teal"]
+    questions = [[f"is there a {c} shape?" for c in cols] for _ in range(n)]
+    answers = [["yes" if j == i % 5 else "no" for j in range(5)] for i in range(n)]
+    bank = ImageBank(torch.zeros(n, V.grid**2, V.token_dim), {"questions": questions, "answers": answers}, name="skewed")
+
+    def yes_share(balance: bool) -> float:
+        task = get_task_class("vqa")(V, tok)
+        task.balance_answers = balance
+        assert TaskSpec.from_dict({"name": "vqa", "dataset": "x", "balance_answers": balance}).balance_answers is balance
+        rng = np.random.default_rng(0)
+        got = [task.pair(bank, i % n, rng)[1] for i in range(4000)]
+        return got.count("yes") / len(got)
+
+    assert abs(yes_share(False) - 0.2) < 0.03  # uniform over a record's pairs: the data's 1 in 5
+    assert abs(yes_share(True) - 0.5) < 0.03   # balanced: a model cannot answer from the question alone
+
+
 def test_prompt_loss_off_leaves_only_the_diffusion_loss_of_text_to_image(tok, bank):
     mix = build_mixture([{"name": "text_to_image", "dataset": "easyvqa", "split": "test", "prompt_loss": False,
                           "drop_prob": 0.0}], V, tok)
@@ -309,6 +352,8 @@ def test_mixture_weights_set_the_sampling_proportions(monkeypatch):
         ({"name": "vqa", "dataset": "easyvqa", "prompt_loss": False}, r"prompt_loss applies only to text_to_image"),
         ({"name": "captioning", "dataset": "easyvqa", "qa_per_example": 2}, r"qa_per_example applies only to vqa"),
         ({"name": "vqa", "dataset": "easyvqa", "qa_per_example": 0}, r"qa_per_example"),
+        ({"name": "vqa", "dataset": "easyvqa", "balance_answers": "yes"}, r"balance_answers must be true or false"),
+        ({"name": "captioning", "dataset": "easyvqa", "balance_answers": True}, r"balance_answers applies only to vqa"),
         ({"name": "text_to_image", "dataset": "easyvqa", "prompt_loss": "no"}, r"prompt_loss \(true, false or a share in \[0, 1\]\)"),
         ({"name": "text_to_image", "dataset": "easyvqa", "prompt_loss": 1.5}, r"prompt_loss .* in \[0, 1\], got 1.5"),
     ],
