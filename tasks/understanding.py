@@ -104,12 +104,15 @@ def answer_balance_weights(questions: list[list[str]], answers: list[list[str]])
     of p, k_p distinct answers of p, n_pa of them answered a. Summed over the bank, every (p, a)
     then gets n_p / k_p: a pattern keeps its share of the questions, split evenly over its answers.
     """
-    answer_words = {w for rec in answers for a in rec for w in str(a).lower().split()}
-    pats = [[question_pattern(q, answer_words) for q in rec] for rec in questions]
+    # a malformed record (not two lists of one length) counts for nothing here; drawing from it raises RecordError
+    ok = [isinstance(q, list) and isinstance(a, list) and len(q) == len(a) for q, a in zip(questions, answers, strict=True)]
+    answer_words = {w for good, rec in zip(ok, answers) if good for a in rec for w in str(a).lower().split()}
+    pats = [[question_pattern(str(q), answer_words) for q in rec] if good else [] for good, rec in zip(ok, questions)]
+    answers = [rec if good else [] for good, rec in zip(ok, answers)]
     n_p: dict[str, int] = {}
     n_pa: dict[tuple[str, str], int] = {}
-    for rec_p, rec_a in zip(pats, answers, strict=True):
-        for p, a in zip(rec_p, rec_a, strict=True):
+    for rec_p, rec_a in zip(pats, answers):
+        for p, a in zip(rec_p, rec_a):
             a = str(a).lower().strip()
             n_p[p] = n_p.get(p, 0) + 1
             n_pa[p, a] = n_pa.get((p, a), 0) + 1
@@ -161,6 +164,11 @@ class VQA(_ImageToText):
         return w / w.sum()
 
     def pair(self, bank: ImageBank, index: int, rng: np.random.Generator) -> tuple[str, str]:
+        if self.balance_answers and "questions" not in bank.columns:
+            raise ConfigError(
+                f"task 'vqa': balance_answers needs per-image records ('questions' and 'answers' lists); "
+                f"{bank.name or 'this dataset'} has one question per record (fields: {sorted(bank.columns)})"
+            )
         if "questions" in bank.columns:
             qs, ans = self._record_pairs(bank, index)
             p = self._pair_probs(bank, index)

@@ -151,6 +151,7 @@ def test_answer_balance_weights_split_each_pattern_evenly_over_its_answers():
 
 
 def test_balance_answers_draws_a_skewed_patterns_answers_evenly(tok):
+    from unimodal.config import ConfigError
     from unimodal.tasks.mixture import TaskSpec
 
     n = 400  # every record: one "yes" and four "no" questions of one pattern (the colour named differs)
@@ -169,6 +170,17 @@ def test_balance_answers_draws_a_skewed_patterns_answers_evenly(tok):
 
     assert abs(yes_share(False) - 0.2) < 0.03  # uniform over a record's pairs: the data's 1 in 5
     assert abs(yes_share(True) - 0.5) < 0.03   # balanced: a model cannot answer from the question alone
+    # a malformed record raises when drawn, not while the weights of the others are built
+    bad = ImageBank(bank.tokens[:2], {"questions": [questions[0], None], "answers": [answers[0], ["no"]]}, name="bad")
+    task = get_task_class("vqa")(V, tok)
+    task.balance_answers = True
+    assert task.pair(bad, 0, np.random.default_rng(0))[0] in questions[0]
+    with pytest.raises(RecordError, match="record 1"):
+        task.pair(bad, 1, np.random.default_rng(0))
+    # per-question records have nothing to balance: one clear error, not a silent no-op
+    flat = ImageBank(bank.tokens[:1], {"question": ["is there a red shape?"], "answer": ["no"]}, name="flat")
+    with pytest.raises(ConfigError, match="balance_answers needs per-image records"):
+        task.pair(flat, 0, np.random.default_rng(0))
 
 
 def test_prompt_loss_off_leaves_only_the_diffusion_loss_of_text_to_image(tok, bank):
