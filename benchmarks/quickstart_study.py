@@ -54,6 +54,7 @@ PLOT_PATH = RESULTS / "quickstart_study.png"
 RUNS = Path("runs/quickstart_study")
 EVAL_TASKS = ("easyvqa_vqa", "easyvqa_caption", "easyvqa_t2i", "easyvqa_probe")
 EVAL_LIMIT = 300
+EVAL_HEADS = {"easyvqa_vqa": "vqa", "easyvqa_caption": "captioning", "easyvqa_t2i": "text_to_image", "easyvqa_probe": None}
 FLOW = ["diffusion.prediction_type=flow", "diffusion.timestep_sampling=logit_normal"]
 TOK400 = ["tokenizer.vocab_size=400"]  # whole words: "a yellow rectangle" is 3 pieces, not 11
 
@@ -374,11 +375,14 @@ def run_job(name: str, minutes: float, seed: int) -> dict[str, Any]:
     tail = [h for h in hist[-max(1, len(hist) // 10):]]
     loss_tail = {k: sum(h[k] for h in tail if k in h) / max(1, sum(k in h for h in tail)) for k in ("loss", "diffusion", "text")}
     t0 = time.perf_counter()
-    ev = run_eval(res.checkpoint, EVAL_TASKS, out / "eval" / "results.json", limit=EVAL_LIMIT, seed=0, progress=False)
+    trained = {t.name if hasattr(t, "name") else t["name"] for t in cfg.tasks}
+    tasks = [t for t in EVAL_TASKS if EVAL_HEADS[t] is None or EVAL_HEADS[t] in trained]  # a head never trained: no row
+    ev = run_eval(res.checkpoint, tasks, out / "eval" / "results.json", limit=EVAL_LIMIT, seed=0, progress=False)
     eval_s = time.perf_counter() - t0
     t2i = ev["tasks"]["easyvqa_t2i"]["metrics"]
     diag = diagnostics(Path(res.checkpoint), out)
-    diag["vqa_by_question_type"] = vqa_breakdown(out / "eval" / "results.samples.jsonl")
+    if "easyvqa_vqa" in tasks:
+        diag["vqa_by_question_type"] = vqa_breakdown(out / "eval" / "results.samples.jsonl")
     row = {
         "variant": name, "overrides": VARIANTS[name], "seed": seed, "minutes_budget": minutes, "steps": steps,
         "seconds_per_step_used": sps, "warmup_steps": warmup, "train_wall_s": train_s, "eval_wall_s": eval_s,
