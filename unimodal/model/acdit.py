@@ -100,7 +100,7 @@ class Attention(nn.Module):
         B, L, D = x.shape
         if self.n_kv == self.n_head:
             qkv = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
-            q, k, v = qkv.unbind(0)  # backward stacks the three grads (indexing zero-fills a full buffer per part)
+            q, k, v = qkv[0], qkv[1], qkv[2]
         else:  # grouped-query attention: Hkv key/value heads
             q, k, v = self.qkv(x).split([self.n_head * self.head_dim] + [self.n_kv * self.head_dim] * 2, dim=-1)
             q = q.view(B, L, self.n_head, self.head_dim).transpose(1, 2)
