@@ -106,21 +106,20 @@ def answer_balance_weights(questions: list[list[str]], answers: list[list[str]])
     """
     # a malformed record (not two lists of one length) counts for nothing here; drawing from it raises RecordError
     ok = [isinstance(q, list) and isinstance(a, list) and len(q) == len(a) for q, a in zip(questions, answers, strict=True)]
-    answer_words = {w for good, rec in zip(ok, answers) if good for a in rec for w in str(a).lower().split()}
+    ans = [[str(a).lower().strip() for a in rec] if good else [] for good, rec in zip(ok, answers)]
+    answer_words = {w for rec in ans for a in rec for w in a.split()}
     pats = [[question_pattern(str(q), answer_words) for q in rec] if good else [] for good, rec in zip(ok, questions)]
-    answers = [rec if good else [] for good, rec in zip(ok, answers)]
     n_p: dict[str, int] = {}
     n_pa: dict[tuple[str, str], int] = {}
-    for rec_p, rec_a in zip(pats, answers):
+    for rec_p, rec_a in zip(pats, ans):
         for p, a in zip(rec_p, rec_a):
-            a = str(a).lower().strip()
             n_p[p] = n_p.get(p, 0) + 1
             n_pa[p, a] = n_pa.get((p, a), 0) + 1
     k_p: dict[str, int] = {}
     for p, _ in n_pa:
         k_p[p] = k_p.get(p, 0) + 1
-    return [np.array([n_p[p] / (k_p[p] * n_pa[p, str(a).lower().strip()]) for p, a in zip(rec_p, rec_a)], dtype=np.float64)
-            for rec_p, rec_a in zip(pats, answers)]
+    return [np.array([n_p[p] / (k_p[p] * n_pa[p, a]) for p, a in zip(rec_p, rec_a)], dtype=np.float64)
+            for rec_p, rec_a in zip(pats, ans)]
 
 
 @register_task
