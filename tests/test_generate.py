@@ -269,6 +269,14 @@ def test_block_step_equals_the_cached_forward_padded_tiled_and_first(kv_heads, e
             step = BlockStep(m, ctx.cache, unit, pos, doc, padded=padded)
             assert step.mask.shape[-1] == (capacity_for(len(ctx.cache)) if padded else len(ctx.cache)) + 6
             torch.testing.assert_close(step(x, t, y), want, atol=1e-5, rtol=1e-5)
+        # the sampler's way: every step's modulation built at once (`conditions`), then one `run` per step
+        ts = torch.tensor([999, 500, 5])
+        table = step.conditions(ts, y)
+        assert table.shape[:2] == (3, R)
+        for i in (0, 2):
+            new.t = ts[i].repeat(R, 1)
+            torch.testing.assert_close(step.run(x, table[i]), m(new, cache=ctx.cache, one_noisy_block=True).pred,
+                                       atol=1e-5, rtol=1e-5)
         first = token_batch(unit[:3], pos[:3], doc[:3], visual=x[:3], noisy=True, modality=IMAGE, t=t[:3], y=y[:3],
                             token_dim=C)
         torch.testing.assert_close(BlockStep(m, None, unit[:3], pos[:3], doc[:3])(x[:3], t[:3], y[:3]),

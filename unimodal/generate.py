@@ -533,12 +533,14 @@ class Generator:
             steps = [BlockStep(self.model, ctx.cache, u, p, dmat, compiled=self.compile)
                      for ctx, u, p in zip(contexts, units, pos)]
             ys = [y if y is not None else torch.full((self.B,), -1, dtype=torch.long, device=self.device) for y in labels]
-        for t in sampler.timesteps:
-            tt = torch.full((self.B,), int(t), dtype=torch.long, device=self.device)
+        # every step's modulation at once: the timesteps and labels are known before the first step
+        ts = torch.tensor([int(t) for t in sampler.timesteps], dtype=torch.long, device=self.device)
+        conds = [step.conditions(ts, y) for step, y in zip(steps, ys)]
+        for i, t in enumerate(sampler.timesteps):
             if shared:
-                e_c, e_u = steps[0](x.repeat(2, 1, 1), tt.repeat(2), ys[0]).chunk(2)
+                e_c, e_u = steps[0].run(x.repeat(2, 1, 1), conds[0][i]).chunk(2)
             else:
-                e_c, e_u = [step(x, tt, y) for step, y in zip(steps, ys)] + [None] * (2 - len(steps))
+                e_c, e_u = [step.run(x, c[i]) for step, c in zip(steps, conds)] + [None] * (2 - len(steps))
             pred = e_c if e_u is None else classifier_free_guidance(e_c, e_u, cfg_scale)
             x = sampler.step(pred, t, x, generator=self.gen)
         return x

@@ -304,3 +304,21 @@ def test_per_token_spreads_block_vectors_exactly_with_zeros_off_the_noisy_tokens
     (ga,) = torch.autograd.grad((got * w).sum(), pb)
     (gb,) = torch.autograd.grad((want * w).sum(), pb)
     torch.testing.assert_close(ga, gb, rtol=0, atol=1e-6)
+
+
+def test_gelu_tanh_compiled_form_equals_atens_tanh_gelu_with_gradients():
+    """Under torch.compile `gelu_tanh` runs as x·sigmoid(2z): the same function as aten's tanh-GELU, values and
+    gradients, from the saturated tails (where a wrong constant or sign shows at once) to the origin."""
+    import torch.nn.functional as F
+
+    from unimodal.model.acdit import gelu_tanh
+
+    x = torch.cat([torch.linspace(-30, 30, 2001), torch.randn(4000)]).requires_grad_()
+    want = F.gelu(x, approximate="tanh")
+    (want_grad,) = torch.autograd.grad(want.pow(2).sum(), x)
+    compiled = torch.compile(gelu_tanh, dynamic=False)
+    got = compiled(x)
+    (got_grad,) = torch.autograd.grad(got.pow(2).sum(), x)
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(got_grad, want_grad, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(gelu_tanh(x), want)  # eager: aten's kernel itself

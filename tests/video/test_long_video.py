@@ -40,8 +40,14 @@ class Recorder:
                 rec.saw(pos, doc, cache)
                 super().__init__(model, cache, unit, pos, doc, **kw)
 
-            def __call__(self, visual, t, y):
-                out = super().__call__(visual, t, y)
+            def conditions(self, timesteps, y):  # the engine builds a block's modulation once, then runs its steps
+                self.timesteps, self.calls = timesteps, 0
+                return super().conditions(timesteps, y)
+
+            def run(self, visual, cond):
+                out = super().run(visual, cond)
+                t = self.timesteps[self.calls].expand(visual.shape[0])
+                self.calls += 1
                 rec.noisy_calls.append((visual, t, out))
                 return out
 

@@ -15,6 +15,7 @@ tensor back to the host.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Callable
 
@@ -38,36 +39,52 @@ def capacity_for(cached: int, minimum: int = 64) -> int:
     return cap
 
 
-def one_block_forward(
-    model: torch.nn.Module, visual: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cos: torch.Tensor,
-    sin: torch.Tensor, mask: torch.Tensor, past_k: list[torch.Tensor] | None, past_v: list[torch.Tensor] | None,
-    text_c: torch.Tensor | None = None,
+def block_condition(
+    model: torch.nn.Module, t: torch.Tensor, y: torch.Tensor, text_c: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The model output (R, n, C) for one noisy block per row: visual (R, n, C), t and y (R,).
+    """(R, 1, W): the modulation of one noisy block per row, for t and y (R,) (-1: no label).
 
-    text_c (R, 1, D): the block's pooled-text condition term (`ModelConfig.text_condition`), or None.
-
-    mask (R, 1, n, P + n) allows the P past slots and the block's own tokens; past_k / past_v hold
-    per layer (R, Hkv, P, hd), or are None when there is no past. The per-block modulation is
-    broadcast over the block's tokens (as `ACDiT.forward_fp` with `one_noisy_block`).
+    W = 6·D per layer ([shift_msa, scale_msa, gate_msa, gate_mlp, shift_mlp, scale_mlp], the gates as
+    `Block.gates` makes them) followed by the final layer's [shift, scale]. text_c (R, 1, D): the block's
+    pooled-text condition term (`ModelConfig.text_condition`), or None. It depends only on the
+    block's timestep and labels, not on its tokens, so a sampler that knows its timesteps builds
+    every step's rows in one call (`BlockStep.conditions`).
     """
-    x = model.x_embedder(visual.to(model.x_embedder.weight.dtype))
     c = model.t_embedder(t[:, None])  # (R, 1, D): the one block slot
     if model.y_embedder is not None:
         c = c + model.y_embedder(y[:, None])
     if text_c is not None:
         c = c + text_c
-    for i, blk in enumerate(model.blocks):
+    parts = []
+    for blk in model.blocks:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = blk.adaLN_modulation(c).chunk(6, dim=-1)
-        gate_msa, gate_mlp = blk.gates(gate_msa, gate_mlp)
+        parts += [shift_msa, scale_msa, *blk.gates(gate_msa, gate_mlp), shift_mlp, scale_mlp]
+    parts.append(model.final_layer.adaLN_modulation(c))
+    return torch.cat(parts, -1)
+
+
+def one_block_forward(
+    model: torch.nn.Module, visual: torch.Tensor, cond: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    bias: torch.Tensor, past_k: list[torch.Tensor] | None, past_v: list[torch.Tensor] | None,
+) -> torch.Tensor:
+    """The model output (R, n, C) for one noisy block per row: visual (R, n, C), cond (R, 1, W) from
+    `block_condition` (broadcast over the block's tokens, as `ACDiT.forward_fp` with `one_noisy_block`).
+
+    bias (R, 1, n, P + n) is the mask over the P past slots and the block's own tokens as an additive
+    fp32 term (0: attend, -inf: not; `Attention.attend_block`); past_k / past_v hold
+    per layer (R, Hkv, P, hd), or are None when there is no past.
+    """
+    x = model.x_embedder(visual.to(model.x_embedder.weight.dtype))
+    D = x.shape[-1]
+    for i, blk in enumerate(model.blocks):
+        shift_msa, scale_msa, gate_msa, gate_mlp, shift_mlp, scale_mlp = cond[..., 6 * D * i:6 * D * (i + 1)].chunk(6, -1)
         q, k, v = blk.attn.project(torch.addcmul(shift_msa, blk.norm1(x), 1 + scale_msa))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if past_k is not None:
-            k, v = torch.cat([past_k[i], k], 2), torch.cat([past_v[i], v], 2)
-        x = x + gate_msa * blk.attn.attend(q, k, v, mask)
+        a = blk.attn.attend_block(q, k, v, bias, None if past_k is None else past_k[i], None if past_v is None else past_v[i])
+        x = x + gate_msa * a
         x = x + gate_mlp * blk.mlp(torch.addcmul(shift_mlp, blk.norm2(x), 1 + scale_mlp))
     fl = model.final_layer
-    shift, scale = fl.adaLN_modulation(c).chunk(2, dim=-1)
+    shift, scale = cond[..., 6 * D * len(model.blocks):].chunk(2, dim=-1)
     return fl.linear(torch.addcmul(shift, fl.norm_final(x), 1 + scale))
 
 
@@ -96,7 +113,9 @@ class BlockStep:
             (default: when compiled, so caches of different lengths share one compiled shape).
 
     Calling it with the noisy tokens (R, n, C), the timesteps (R,) and the labels (R,) (-1: none)
-    returns the model output (R, n, C) in fp32.
+    returns the model output (R, n, C) in fp32. A sampler that knows its timesteps builds every
+    step's modulation at once with `conditions` (one matmul per layer for the whole block, instead
+    of re-reading every adaLN weight on every step) and calls `run` with row i of it.
     """
 
     def __init__(self, model: torch.nn.Module, cache: KVCache | None, unit: torch.Tensor, pos: torch.Tensor,
@@ -115,6 +134,7 @@ class BlockStep:
         else:
             self.mask = dense_mask(unit, noisy, doc)[:, None]
             self.past_k = self.past_v = None
+        self.bias = torch.zeros(self.mask.shape, device=unit.device).masked_fill_(~self.mask, float("-inf"))
         self.text_c = None
         if getattr(model, "text_cond", None) is not None:  # the past is fixed: its pooled text is too
             text, k_unit, k_doc = torch.full_like(unit, -1), unit, doc
@@ -124,11 +144,27 @@ class BlockStep:
             self.text_c = model.text_cond(pooled)  # (R, 1, D)
         self.forward = _compiled_forward(model) if compiled else (lambda *a: one_block_forward(model, *a))
 
-    def __call__(self, visual: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        dev = visual.device.type
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dev = self.mask.device.type
         if getattr(self.model, "precision", "fp32") == "bf16" and not torch.is_autocast_enabled(dev):
-            with torch.autocast(dev, dtype=torch.bfloat16):  # the engine already opens one region per block
-                out = self.forward(visual, t, y, self.cos, self.sin, self.mask, self.past_k, self.past_v, self.text_c)
-        else:
-            out = self.forward(visual, t, y, self.cos, self.sin, self.mask, self.past_k, self.past_v, self.text_c)
+            return torch.autocast(dev, dtype=torch.bfloat16)  # the engine already opens one region per block
+        return contextlib.nullcontext()
+
+    def conditions(self, timesteps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(S, R, 1, W): `block_condition` of every step at once, for the S timesteps (S,) and labels y (R,)."""
+        S, R = timesteps.shape[0], y.shape[0]
+        text_c = None if self.text_c is None else self.text_c.repeat(S, 1, 1)
+        with self._autocast():
+            cond = block_condition(self.model, timesteps.to(y.device).repeat_interleave(R), y.repeat(S), text_c)
+        return cond.view(S, R, 1, -1)
+
+    def run(self, visual: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The model output (R, n, C) in fp32 for noisy tokens (R, n, C) under one step's `conditions` (R, 1, W)."""
+        with self._autocast():
+            out = self.forward(visual, cond, self.cos, self.sin, self.bias, self.past_k, self.past_v)
         return out.float()
+
+    def __call__(self, visual: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            cond = block_condition(self.model, t, y, self.text_c)
+        return self.run(visual, cond)
