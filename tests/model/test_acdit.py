@@ -322,3 +322,13 @@ def test_gelu_tanh_compiled_form_equals_atens_tanh_gelu_with_gradients():
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(got_grad, want_grad, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(gelu_tanh(x), want)  # eager: aten's kernel itself
+
+
+@pytest.mark.parametrize("rep", [1, 2, 3])
+def test_shared_rows_matmul_equals_the_tiled_product(rep):
+    """Branches stacked on the rows read one copy of b: the same as tiling b to every row, row for row."""
+    from unimodal.model.acdit import shared_rows_matmul
+
+    g = torch.Generator().manual_seed(rep)
+    a, b = torch.randn(rep * 4, 3, 5, 7, generator=g), torch.randn(4, 3, 7, 6, generator=g)
+    torch.testing.assert_close(shared_rows_matmul(a, b), a @ b.repeat(rep, 1, 1, 1))

@@ -89,6 +89,21 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     return a.masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype) @ v
 
 
+def shared_rows_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b[r % Rb] for every row r of a (Ra, H, n, X) and b (Rb, H, X, Y), Ra a multiple of Rb: (Ra, H, n, Y).
+
+    Rows of a stacked as Ra / Rb branches over the same Rb rows of b (guidance's [cond; uncond] over
+    one KV cache) become extra query rows of one matmul per b row: b is read once, never tiled.
+    """
+    Ra, H, n, X = a.shape
+    Rb, Y = b.shape[0], b.shape[-1]
+    rep = Ra // Rb
+    if rep == 1:
+        return a @ b
+    a = a.view(rep, Rb, H, n, X).permute(1, 2, 0, 3, 4).reshape(Rb, H, rep * n, X)
+    return (a @ b).view(Rb, H, rep, n, Y).permute(2, 0, 1, 3, 4).reshape(Ra, H, n, Y)
+
+
 def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: object) -> torch.Tensor:
     global _flex_compiled
     if _flex_compiled is None:
@@ -136,7 +151,9 @@ class Attention(nn.Module):
                      past_k: torch.Tensor | None = None, past_v: torch.Tensor | None = None) -> torch.Tensor:
         """`attend` for the sampler's step: q/k/v of one block's tokens over [past_k; k] (or k alone).
 
-        bias (B, 1, Lq, P + Lq) is the mask as an additive fp32 term (0 allowed, -inf not), built once
+        past_k / past_v may hold fewer rows than q, a divisor of them: query rows stacked as branches
+        ([cond; uncond] for guidance) then read one copy of the past (`shared_rows_matmul`), not a
+        tiled one. bias (B, 1, Lq, P + Lq) is the mask as an additive fp32 term (0 allowed, -inf not), built once
         per block: adding it is ~2x faster under inductor than a masked fill of a boolean mask. The
         past keys are not concatenated with the block's own: one softmax over the scores of both
         parts, then the two value products summed. On every denoising step that copies a score row
@@ -146,12 +163,12 @@ class Attention(nn.Module):
         s = q @ k.transpose(-1, -2)
         if past_k is not None:
             past_k, past_v = self._kv_heads(past_k), self._kv_heads(past_v)
-            s = torch.cat([q @ past_k.transpose(-1, -2), s], -1)
+            s = torch.cat([shared_rows_matmul(q, past_k.transpose(-1, -2)), s], -1)
         p = (s.float() * (q.shape[-1] ** -0.5) + bias).softmax(-1).to(v.dtype)
         if past_k is None:
             return self._out(p @ v)
         P = past_k.shape[2]
-        return self._out(p[..., :P] @ past_v + p[..., P:] @ v)
+        return self._out(shared_rows_matmul(p[..., :P].contiguous(), past_v) + p[..., P:] @ v)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object, backend: str = "sdpa") -> torch.Tensor:
         """(B, Lq, D): the output projection of attention of q over k/v (Hkv heads shared by H // Hkv queries).

@@ -72,7 +72,8 @@ def one_block_forward(
 
     bias (R, 1, n, P + n) is the mask over the P past slots and the block's own tokens as an additive
     fp32 term (0: attend, -inf: not; `Attention.attend_block`); past_k / past_v hold
-    per layer (R, Hkv, P, hd), or are None when there is no past.
+    per layer (R / k, Hkv, P, hd) for k branches stacked on the rows (one copy of the past for
+    guidance's [cond; uncond]), or are None when there is no past.
     """
     x = model.x_embedder(visual.to(model.x_embedder.weight.dtype))
     D = x.shape[-1]
@@ -107,7 +108,7 @@ class BlockStep:
         model: the backbone (an `ACDiT`).
         cache: the clean past (None or empty: the block is the first thing in its sequences).
         unit, pos, doc: (R, n), (R, n, 3), (R, n) of the block's tokens; R is a multiple of the
-            cache batch (guidance branches stacked on the batch read one tiled copy of the cache).
+            cache batch (guidance branches stacked on the batch read one copy of the cache, untiled).
         compiled: run each step through `torch.compile` (static shapes).
         padded: read the past at `capacity_for(len(cache))` slots, the rest zero and masked out
             (default: when compiled, so caches of different lengths share one compiled shape).
@@ -130,7 +131,7 @@ class BlockStep:
             mask = dense_mask(unit, noisy, doc, *cache.meta_with(unit, noisy, doc))  # (R, n, S + n)
             pad = mask.new_zeros(R, n, cap - S)
             self.mask = torch.cat([mask[..., :S], pad, mask[..., S:]], -1)[:, None]
-            self.past_k, self.past_v = cache.past(R, cap)
+            self.past_k, self.past_v = cache.past(cap)  # untiled: branches share it
         else:
             self.mask = dense_mask(unit, noisy, doc)[:, None]
             self.past_k = self.past_v = None

@@ -124,30 +124,26 @@ class KVCache:
         vb[:, :, S : S + n] = v
         return kb[:, :, : S + n], vb[:, :, : S + n]
 
-    def past(self, rows: int, capacity: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per layer, the cached keys and values read by `rows` query rows, for a step that does not extend them.
+    def past(self, capacity: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer, the cached keys and values (batch, Hkv, slots, hd), for a step that does not extend them.
 
-        `rows` is a multiple of the cache batch (guidance branches stacked as [cond; uncond]); the
-        cache is then tiled once here, not on every step. With `capacity` (>= len) every tensor has
-        that many slots, the ones after the cached tokens zero (a caller masks them out): one shape
-        for caches of different lengths, as a compiled step needs. Without it, and untiled, the
-        tensors are views of the buffers.
+        Query rows stacked as branches over this batch (guidance's [cond; uncond]) read these
+        untiled (`acdit.shared_rows_matmul`). With `capacity` (>= len) every tensor has that many
+        slots, the ones after the cached tokens zero (a caller masks them out): one shape for caches
+        of different lengths, as a compiled step needs. Without it the tensors are views of the buffers.
         """
         S = self._len
         if self.unit is None or S == 0:
             raise ValueError("the cache is empty: there is no past to read")
-        rep = rows // self.batch_size
-        if rep * self.batch_size != rows:
-            raise ValueError(f"{rows} query rows are not a multiple of the cache batch {self.batch_size}")
         cap = S if capacity is None else capacity
         if cap < S:
             raise ValueError(f"capacity {cap} is below the {S} cached tokens")
 
         def read(buf: torch.Tensor) -> torch.Tensor:
-            if rep == 1 and cap == S:
+            if cap == S:
                 return buf[:, :, :S]
-            out = buf.new_zeros(rows, buf.shape[1], cap, buf.shape[3])
-            out[:, :, :S] = buf[:, :, :S].repeat(rep, 1, 1, 1)
+            out = buf.new_zeros(buf.shape[0], buf.shape[1], cap, buf.shape[3])
+            out[:, :, :S] = buf[:, :, :S]
             return out
 
         return [read(b) for b in self._k], [read(b) for b in self._v]
