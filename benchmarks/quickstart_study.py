@@ -138,6 +138,11 @@ VARIANTS: dict[str, list[str]] = {
     # VQA answered from the question alone: every yes/no row above scores its template's majority answer exactly
     # (colour 0.79 / negated 0.87, shape 0.61 / 0.64; `vqa_by_question_type`). Balanced draws of each record's
     # turns (`balance_answers`) make the question alone worth nothing, so the answer must read the image
+    # width against depth at about the same cost a step: twice the layers at 3/4 the width (8 x 192, 3 heads of 64),
+    # and 6 layers at full width (1.5x the cost): VQA's yes/no needs the question's word compared with the image's
+    # colour or shape (a composition of attentions), and shape needs tokens that agree across the image
+    "v2_adopted_deep8": ADOPTED + ["model_overrides.n_layer=8", "model_overrides.d_model=192"],
+    "v2_adopted_deep6": ADOPTED + ["model_overrides.n_layer=6"],
     "v2_adopted_balanced": V2 + ["tokenizer.vocab_size=auto", mixture(", prompt_loss: false",
                                                                       ", qa_per_example: 4, balance_answers: true")]
     + TEXTCOND,
