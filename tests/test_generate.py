@@ -242,7 +242,7 @@ def test_one_noisy_block_fast_path_equals_the_general_forward(model):
 
 
 @pytest.mark.parametrize("kv_heads,extra", [(None, {}), (1, {"text_condition": True}), (None, {"gate_init": "one"})])
-def test_block_step_equals_the_cached_forward_padded_tiled_and_first(kv_heads, extra):
+def test_block_step_equals_the_cached_forward_padded_tiled_and_first(kv_heads, extra, monkeypatch):
     """`BlockStep` (the sampler's inner loop) gives `forward(cache=..., one_noisy_block=True)`'s outputs: over a
     cached past read as it is or padded to a larger capacity, tiled for [cond; uncond] rows, with rows that are
     padding, for grouped-query attention, and for a first block with no past at all."""
@@ -265,7 +265,10 @@ def test_block_step_equals_the_cached_forward_padded_tiled_and_first(kv_heads, e
     with torch.no_grad():
         want = m(new, cache=ctx.cache, one_noisy_block=True).pred
         assert want.abs().mean() > 0.01
-        for padded in (False, True):
+        from unimodal.model import acdit
+
+        for padded, scores_max in ((False, acdit.STEP_SCORES_MAX), (True, acdit.STEP_SCORES_MAX), (True, 0)):
+            monkeypatch.setattr(acdit, "STEP_SCORES_MAX", scores_max)  # 0: every step through the fused-SDPA path
             step = BlockStep(m, ctx.cache, unit, pos, doc, padded=padded)
             assert step.mask.shape[-1] == (capacity_for(len(ctx.cache)) if padded else len(ctx.cache)) + 6
             torch.testing.assert_close(step(x, t, y), want, atol=1e-5, rtol=1e-5)

@@ -82,6 +82,9 @@ MATH_ATTENTION_MAX_KEYS = 128  # bf16 on CPU: written-out attention up to this m
 # fwd+bwd at batch 32 x 4 heads: 2.2x faster than SDPA at 128 keys, 1.2x at 192, 1.45x slower at 256 (attention_cpu.json)
 
 
+STEP_SCORES_MAX = 1 << 25  # Attention.attend_block: above this many score elements (128 MiB fp32), fused SDPA
+
+
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """softmax(q·kᵀ/√d masked)·v for a boolean mask (True: attend), the softmax in fp32. Every query row
     must allow at least one key (SCAM lets every token see itself), else its row is NaN."""
@@ -158,7 +161,16 @@ class Attention(nn.Module):
         past keys are not concatenated with the block's own: one softmax over the scores of both
         parts, then the two value products summed. On every denoising step that copies a score row
         per query instead of the whole past per layer, and it is exact (the same sums in another order).
+        Scores of more than `STEP_SCORES_MAX` elements (a long video's past) go through `attend`
+        (fused SDPA over the tiled, concatenated keys) instead, so memory stays that of the keys.
         """
+        R, _, n, _ = q.shape
+        P = 0 if past_k is None else past_k.shape[2]
+        if R * self.n_head * n * (P + n) > STEP_SCORES_MAX:  # a long past: SDPA never holds the whole score matrix
+            if past_k is not None:
+                rep = R // past_k.shape[0]
+                k, v = torch.cat([past_k.repeat(rep, 1, 1, 1), k], 2), torch.cat([past_v.repeat(rep, 1, 1, 1), v], 2)
+            return self.attend(q, k, v, bias == 0)
         k, v = self._kv_heads(k), self._kv_heads(v)
         s = q @ k.transpose(-1, -2)
         if past_k is not None:
