@@ -280,6 +280,8 @@ def test_block_step_equals_the_cached_forward_padded_tiled_and_first(kv_heads, e
             new.t = ts[i].repeat(R, 1)
             torch.testing.assert_close(step.run(x, table[i]), m(new, cache=ctx.cache, one_noisy_block=True).pred,
                                        atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="not a multiple of the cache batch 3"):
+            BlockStep(m, ctx.cache, unit[:4], pos[:4], doc[:4])
         first = token_batch(unit[:3], pos[:3], doc[:3], visual=x[:3], noisy=True, modality=IMAGE, t=t[:3], y=y[:3],
                             token_dim=C)
         torch.testing.assert_close(BlockStep(m, None, unit[:3], pos[:3], doc[:3])(x[:3], t[:3], y[:3]),

@@ -126,6 +126,9 @@ class BlockStep:
         noisy = torch.ones_like(unit, dtype=torch.bool)
         self.cos, self.sin = model._rope(pos)
         S = 0 if cache is None else len(cache)
+        if S and R % cache.batch_size:
+            raise ValueError(f"{R} query rows are not a multiple of the cache batch {cache.batch_size}: guidance "
+                             "branches stack whole copies of the batch")
         if S:
             cap = capacity_for(S) if (compiled if padded is None else padded) else S
             mask = dense_mask(unit, noisy, doc, *cache.meta_with(unit, noisy, doc))  # (R, n, S + n)
