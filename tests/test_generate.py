@@ -267,11 +267,13 @@ def test_block_step_equals_the_cached_forward_padded_tiled_and_first(kv_heads, e
         assert want.abs().mean() > 0.01
         from unimodal.model import acdit
 
-        for padded, scores_max in ((False, acdit.STEP_SCORES_MAX), (True, acdit.STEP_SCORES_MAX), (True, 0)):
+        default = acdit.STEP_SCORES_MAX
+        for padded, scores_max in ((False, default), (True, default), (True, 0)):
             monkeypatch.setattr(acdit, "STEP_SCORES_MAX", scores_max)  # 0: every step through the fused-SDPA path
             step = BlockStep(m, ctx.cache, unit, pos, doc, padded=padded)
             assert step.mask.shape[-1] == (capacity_for(len(ctx.cache)) if padded else len(ctx.cache)) + 6
             torch.testing.assert_close(step(x, t, y), want, atol=1e-5, rtol=1e-5)
+        monkeypatch.setattr(acdit, "STEP_SCORES_MAX", default)
         # the sampler's way: every step's modulation built at once (`conditions`), then one `run` per step
         ts = torch.tensor([999, 500, 5])
         table = step.conditions(ts, y)
@@ -284,8 +286,10 @@ def test_block_step_equals_the_cached_forward_padded_tiled_and_first(kv_heads, e
             BlockStep(m, ctx.cache, unit[:4], pos[:4], doc[:4])
         first = token_batch(unit[:3], pos[:3], doc[:3], visual=x[:3], noisy=True, modality=IMAGE, t=t[:3], y=y[:3],
                             token_dim=C)
-        torch.testing.assert_close(BlockStep(m, None, unit[:3], pos[:3], doc[:3])(x[:3], t[:3], y[:3]),
-                                   m(first, one_noisy_block=True).pred, atol=1e-5, rtol=1e-5)
+        for scores_max in (default, 0):  # no past, written out and through fused SDPA
+            monkeypatch.setattr(acdit, "STEP_SCORES_MAX", scores_max)
+            torch.testing.assert_close(BlockStep(m, None, unit[:3], pos[:3], doc[:3])(x[:3], t[:3], y[:3]),
+                                       m(first, one_noisy_block=True).pred, atol=1e-5, rtol=1e-5)
     assert capacity_for(0) == 0 and capacity_for(1) == capacity_for(64) == 64 and capacity_for(65) == 128
 
 
