@@ -143,6 +143,16 @@ VARIANTS: dict[str, list[str]] = {
     # colour or shape (a composition of attentions), and shape needs tokens that agree across the image
     "v2_adopted_deep8": ADOPTED + ["model_overrides.n_layer=8", "model_overrides.d_model=192"],
     "v2_adopted_deep6": ADOPTED + ["model_overrides.n_layer=6"],
+    # complementary yes/no turns (`complementary_yes_no`): each yes/no question names the image's own colour or
+    # shape half the time (its answer recomputed from the record's open answers), so every template is 50/50 and
+    # only comparing the question's word with the image lowers its loss; with 8 turns an image (all ~10 of a
+    # record's questions nearly) each image teaches twice the comparisons for its tokens once
+    "v2_adopted_compl": V2 + ["tokenizer.vocab_size=auto", mixture(", prompt_loss: false",
+                                                                   ", qa_per_example: 4, complementary_yes_no: true")]
+    + TEXTCOND,
+    "v2_adopted_compl_qa8": V2 + ["tokenizer.vocab_size=auto", mixture(", prompt_loss: false",
+                                                                       ", qa_per_example: 8, complementary_yes_no: true")]
+    + TEXTCOND,
     "v2_adopted_balanced": V2 + ["tokenizer.vocab_size=auto", mixture(", prompt_loss: false",
                                                                       ", qa_per_example: 4, balance_answers: true")]
     + TEXTCOND,

@@ -35,6 +35,9 @@ class TaskSpec:
     # vqa only, per-image records: draw turns so that each question pattern's answers are equally likely
     # (VQA.balance_answers): a model cannot answer "is there a red shape?" from the question alone
     balance_answers: bool = False
+    # vqa only, per-image records: each yes/no turn names the image's own colour/shape half the time, its answer
+    # recomputed from the record's open answers (VQA.complementary_yes_no)
+    complementary_yes_no: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset (dataset "prepared": see load_bank)
     order: str | None = None  # "random" (uniform draws) or "epoch" (each epoch a seeded permutation); default:
     # epoch for prepared shards, random otherwise
@@ -61,11 +64,12 @@ class TaskSpec:
             check_positive_int(f"task {d['name']!r}: qa_per_example", d["qa_per_example"])
             if d["name"] != "vqa":
                 raise ConfigError(f"task {d['name']!r}: qa_per_example applies only to vqa (turns after one image)")
-        if "balance_answers" in d:
-            if not isinstance(d["balance_answers"], bool):
-                raise ConfigError(f"task {d['name']!r}: balance_answers must be true or false, got {d['balance_answers']!r}")
-            if d["name"] != "vqa":
-                raise ConfigError(f"task {d['name']!r}: balance_answers applies only to vqa (its question/answer turns)")
+        for opt in ("balance_answers", "complementary_yes_no"):
+            if opt in d:
+                if not isinstance(d[opt], bool):
+                    raise ConfigError(f"task {d['name']!r}: {opt} must be true or false, got {d[opt]!r}")
+                if d["name"] != "vqa":
+                    raise ConfigError(f"task {d['name']!r}: {opt} applies only to vqa (its question/answer turns)")
         if d.get("order") not in (None, "random", "epoch"):
             raise ConfigError(f"task {d['name']!r}: order must be 'random' or 'epoch', got {d['order']!r}")
         return cls(**d)
@@ -289,6 +293,7 @@ def build_mixture(
             banks[key] = load_bank(s.dataset, s.split, visual, s.options)
         task = get_task_class(s.name)(visual, tokenizer, drop_prob=s.drop_prob, max_text_tokens=s.max_text_tokens)
         task.prompt_loss, task.qa_per_example, task.balance_answers = s.prompt_loss, s.qa_per_example, s.balance_answers
+        task.complementary_yes_no = s.complementary_yes_no
         entries.append((task, s.weight, banks[key]))
         orders.append(s.order or ("epoch" if s.dataset == "prepared" else "random"))
     mix = TaskMixture(entries, visual.token_dim, seed)

@@ -122,6 +122,58 @@ def answer_balance_weights(questions: list[list[str]], answers: list[list[str]])
             for rec_p, rec_a in zip(pats, ans)]
 
 
+YES_NO = ("yes", "no")
+
+
+def answer_groups(questions: list[list[str]], answers: list[list[str]]) -> dict[str, frozenset[str]]:
+    """word -> its group: the one-word answers of the open (not yes/no) question patterns, merged where
+    they share a word ("what color is the shape?" gives the colours, "what shape is present?" the shapes).
+
+    Malformed records (not two lists of one length) are skipped here, as in `answer_balance_weights`.
+    """
+    ok = [isinstance(q, list) and isinstance(a, list) and len(q) == len(a) for q, a in zip(questions, answers, strict=True)]
+    ans = [[str(a).lower().strip() for a in rec] if good else [] for good, rec in zip(ok, answers)]
+    answer_words = {w for rec in ans for a in rec for w in a.split()}
+    by_pattern: dict[str, set[str]] = {}
+    for good, rec_q, rec_a in zip(ok, questions, ans):
+        for q, a in zip(rec_q if good else [], rec_a):
+            if a and a not in YES_NO and len(a.split()) == 1:
+                by_pattern.setdefault(question_pattern(str(q), answer_words), set()).add(a)
+    group: dict[str, frozenset[str]] = {}
+    for words in by_pattern.values():  # merge overlapping answer sets (a small union of sets)
+        merged = set(words).union(*(group[w] for w in words if w in group))
+        for w in merged:
+            group[w] = frozenset(merged)
+    return {w: g for w, g in group.items() if len(g) > 1}
+
+
+def complementary_pair(question: str, answer: str, truth: dict[frozenset[str], str], group: dict[str, frozenset[str]],
+                       rng: np.random.Generator) -> tuple[str, str]:
+    """A yes/no pair with its one group word w redrawn so that the image's own value is named half the time.
+
+    truth: group -> the record's value (from its open answers). The new word w' is the true value with
+    probability 1/2, else uniform over the group's other values; the answer flips exactly when "w is the
+    image's value" and "w' is" differ, so negated templates ("is there not a red shape?") stay right with
+    no parsing. Pairs that are not yes/no, name no group word or two of them, or whose group's value the
+    record does not state, are returned as they are.
+    """
+    a = answer.lower().strip()
+    words = question.split()
+    hits = [i for i, w in enumerate(words) if w.lower().rstrip("?") in group]
+    if a not in YES_NO or len(hits) != 1:
+        return question, answer
+    i = hits[0]
+    w = words[i].lower().rstrip("?")
+    t = truth.get(group[w])
+    if t is None:
+        return question, answer
+    others = sorted(group[w] - {t})
+    new = t if rng.random() < 0.5 else others[int(rng.integers(len(others)))]
+    flip = (w == t) != (new == t)
+    words[i] = new + words[i][len(words[i].rstrip("?")):]  # keep a trailing "?"
+    return " ".join(words), (YES_NO[1] if a == "yes" else YES_NO[0]) if flip else answer
+
+
 @register_task
 class VQA(_ImageToText):
     """Image + question → answer; loss on the answer tokens (and <eos>) only.
@@ -139,11 +191,20 @@ class VQA(_ImageToText):
     the bank (`answer_balance_weights`), as VQA v2 balanced its questions with complementary
     images. Without it a template such as "is there a red shape?" is "no" for 79% of easy-VQA
     images, and a young model answers from the question alone.
+
+    `complementary_yes_no` (the mixture's task field, default false): with per-image records, every
+    drawn yes/no turn that names one value of an answer group (a colour, a shape: `answer_groups`)
+    is redrawn to name the image's own value half the time, its answer recomputed from the record's
+    open answers (`complementary_pair`), as VQA v2 paired each question with a complementary image.
+    Every such question is then yes exactly half the time, whatever its template, and the answer
+    must compare the question's word with the image. Turns whose record states no value of the group
+    are kept as drawn.
     """
 
     name = "vqa"
     qa_per_example = 1
     balance_answers = False
+    complementary_yes_no = False
 
     def _record_pairs(self, bank: ImageBank, index: int) -> tuple[list[str], list[str]]:
         qs, ans = bank.column("questions", index), bank.column("answers", index)
@@ -163,16 +224,17 @@ class VQA(_ImageToText):
         return w / w.sum()
 
     def pair(self, bank: ImageBank, index: int, rng: np.random.Generator) -> tuple[str, str]:
-        if self.balance_answers and "questions" not in bank.columns:
-            raise ConfigError(
-                f"task 'vqa': balance_answers needs per-image records ('questions' and 'answers' lists); "
-                f"{bank.name or 'this dataset'} has one question per record (fields: {sorted(bank.columns)})"
-            )
+        for on, opt in ((self.balance_answers, "balance_answers"), (self.complementary_yes_no, "complementary_yes_no")):
+            if on and "questions" not in bank.columns:
+                raise ConfigError(
+                    f"task 'vqa': {opt} needs per-image records ('questions' and 'answers' lists); "
+                    f"{bank.name or 'this dataset'} has one question per record (fields: {sorted(bank.columns)})"
+                )
         if "questions" in bank.columns:
             qs, ans = self._record_pairs(bank, index)
             p = self._pair_probs(bank, index)
             k = int(rng.integers(len(qs))) if p is None else int(rng.choice(len(qs), p=p))
-            return qs[k], ans[k]
+            return self._complement(bank, index, qs[k], ans[k], rng)
         return bank.column("question", index), bank.column("answer", index)
 
     def pairs(self, bank: ImageBank, index: int, rng: np.random.Generator) -> list[tuple[str, str]]:
@@ -182,7 +244,27 @@ class VQA(_ImageToText):
         qs, ans = self._record_pairs(bank, index)
         p = self._pair_probs(bank, index)
         pick = rng.choice(len(qs), size=min(self.qa_per_example, len(qs)), replace=False, p=p)
-        return [(qs[int(k)], ans[int(k)]) for k in pick]
+        return [self._complement(bank, index, qs[int(k)], ans[int(k)], rng) for k in pick]
+
+    def _complement(self, bank: ImageBank, index: int, question: str, answer: str,
+                    rng: np.random.Generator) -> tuple[str, str]:
+        """`complementary_pair` of a drawn turn under `complementary_yes_no`, else the turn as drawn."""
+        if not self.complementary_yes_no:
+            return question, answer
+        cache = self.__dict__.setdefault("_group_cache", {})
+        hit = cache.get(id(bank))
+        if hit is None or hit[0] is not bank:
+            hit = cache[id(bank)] = (bank, answer_groups(bank.columns["questions"], bank.columns["answers"]))
+        group = hit[1]
+        qs, ans = self._record_pairs(bank, index)
+        truth: dict[frozenset[str], str] = {}
+        for a in ans:
+            a = str(a).lower().strip()
+            if a in group:
+                if truth.setdefault(group[a], a) != a:
+                    raise RecordError(f"{bank.name} record {index}: its answers name two values of one group "
+                                      f"({truth[group[a]]!r} and {a!r}); complementary_yes_no needs one")
+        return complementary_pair(question, answer, truth, group, rng)
 
     def example(self, bank: ImageBank, index: int, rng: np.random.Generator) -> Example:
         turns = self.pairs(bank, index, rng)

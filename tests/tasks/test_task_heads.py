@@ -183,6 +183,62 @@ def test_balance_answers_draws_a_skewed_patterns_answers_evenly(tok):
         task.pair(flat, 0, np.random.default_rng(0))
 
 
+def test_complementary_yes_no_balances_every_template_and_keeps_answers_true(tok, easyvqa):
+    """complementary_yes_no: on the real easy-VQA test records every drawn yes/no turn is 50/50 per
+    template (the data's is ~88/12 for colours), and every answer stays true of the image, negated
+    templates included: checked against the record's colour and shape as easy-VQA's own question
+    parser (`question_facts`, `infer_attributes`) reads them."""
+    from unimodal.config import ConfigError
+    from unimodal.data.easyvqa import infer_attributes, question_facts
+    from unimodal.tasks.mixture import TaskSpec
+    from unimodal.tasks.understanding import answer_groups, question_pattern
+
+    qs, ans = list(easyvqa["questions"]), list(easyvqa["answers"])
+    groups = set(answer_groups(qs, ans).values())
+    assert {len(g) for g in groups} == {3, 8} and any("circle" in g for g in groups) and any("red" in g for g in groups)
+    n = 300
+    bank = ImageBank(torch.zeros(n, V.grid**2, V.token_dim), {"questions": qs[:n], "answers": ans[:n]}, name="easyvqa")
+    task = get_task_class("vqa")(V, tok)
+    task.qa_per_example = 4
+    assert TaskSpec.from_dict({"name": "vqa", "dataset": "x", "complementary_yes_no": True}).complementary_yes_no
+    words = {w for rec in ans for a in rec for w in a.split()}
+    for on in (False, True):
+        task.complementary_yes_no = on
+        rng = np.random.default_rng(0)
+        yes: dict[str, list[bool]] = {}
+        for i in range(n):
+            color, shape = infer_attributes(qs[i], ans[i])
+            for q, a in task.pairs(bank, i, rng):
+                if a in ("yes", "no"):
+                    facts = question_facts(q, a)
+                    assert facts, q
+                    for attr, value, holds in facts:  # the (possibly rewritten) answer is true of the image
+                        truth = {"color": color, "shape": shape}[attr]
+                        assert truth is None or (value == truth) == holds, (i, q, a, color, shape)
+                    yes.setdefault(question_pattern(q, words), []).append(a == "yes")
+        share = {p: np.mean(v) for p, v in yes.items() if len(v) >= 40}
+        assert len(share) >= 8
+        if on:
+            assert all(abs(s - 0.5) < 0.2 for s in share.values()), share
+        else:  # the data's own skew: some template is at least 80/20 (what the option removes)
+            assert max(abs(s - 0.5) for s in share.values()) > 0.3, share
+    # open turns, and records that state no value of the named group, are kept as drawn
+    recs_q = [["what shape is present?", "what color is the shape?"], ["what shape is present?", "what color is the shape?"],
+              ["what color is the shape?", "is there a circle?"], ["what color is the shape?", "what color is the shape?"]]
+    recs_a = [["circle", "red"], ["rectangle", "blue"], ["red", "no"], ["red", "blue"]]
+    odd = ImageBank(torch.zeros(4, V.grid**2, V.token_dim), {"questions": recs_q, "answers": recs_a}, name="odd")
+    task.complementary_yes_no = True
+    for seed in range(5):  # record 2 states no shape: its shape question stays as drawn
+        assert dict(task.pairs(odd, 2, np.random.default_rng(seed))) == {"what color is the shape?": "red",
+                                                                         "is there a circle?": "no"}
+    # two values of one group in a record's answers: one clear error naming the record
+    with pytest.raises(RecordError, match="odd record 3: its answers name two values of one group"):
+        task.pairs(odd, 3, np.random.default_rng(0))
+    flat = ImageBank(bank.tokens[:1], {"question": ["is there a red shape?"], "answer": ["no"]}, name="flat")
+    with pytest.raises(ConfigError, match="complementary_yes_no needs per-image records"):
+        task.pair(flat, 0, np.random.default_rng(0))
+
+
 def test_prompt_loss_off_leaves_only_the_diffusion_loss_of_text_to_image(tok, bank):
     mix = build_mixture([{"name": "text_to_image", "dataset": "easyvqa", "split": "test", "prompt_loss": False,
                           "drop_prob": 0.0}], V, tok)
@@ -366,6 +422,9 @@ def test_mixture_weights_set_the_sampling_proportions(monkeypatch):
         ({"name": "vqa", "dataset": "easyvqa", "qa_per_example": 0}, r"qa_per_example"),
         ({"name": "vqa", "dataset": "easyvqa", "balance_answers": "yes"}, r"balance_answers must be true or false"),
         ({"name": "captioning", "dataset": "easyvqa", "balance_answers": True}, r"balance_answers applies only to vqa"),
+        ({"name": "vqa", "dataset": "easyvqa", "complementary_yes_no": 1}, r"complementary_yes_no must be true or false"),
+        ({"name": "text_to_image", "dataset": "easyvqa", "complementary_yes_no": True},
+         r"complementary_yes_no applies only to vqa"),
         ({"name": "text_to_image", "dataset": "easyvqa", "prompt_loss": "no"}, r"prompt_loss \(true, false or a share in \[0, 1\]\)"),
         ({"name": "text_to_image", "dataset": "easyvqa", "prompt_loss": 1.5}, r"prompt_loss .* in \[0, 1\], got 1.5"),
     ],
