@@ -287,6 +287,50 @@ def test_compiled_forward_gives_the_eager_loss_and_gradients():
             torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-4, rtol=1e-3, msg=n)
 
 
+def test_compiled_packed_batches_share_one_block_graph_and_give_the_eager_gradients():
+    """Packed text+image batches (a new layout, row count, length and number of noisy block slots on
+    every step) run each block through one dynamic-shape graph: after the first batches nothing
+    compiles again, every layer shares it, and loss and gradients equal eager on each batch."""
+    import torch._dynamo
+
+    from unimodal.diffusion import NoiseSchedule, compute_loss
+
+    torch.manual_seed(0)
+    eager = randomize_(create_model("tiny", n_layer=3, token_dim=6, vocab_size=32), std=0.05)
+    compiled = copy.deepcopy(eager).compile_forward()
+    g = torch.Generator().manual_seed(1)
+
+    def doc(n_text: int, blocks: int) -> Example:
+        text = torch.randint(3, 32, (n_text,), generator=g).tolist()
+        return Example(Layout([Text(text), Image(2, 2 * blocks, 2, 2), Text([4, 2])]), torch.randn(4 * blocks, 6, generator=g))
+
+    batches = [  # rows x documents per row: rows, lengths and slots per row all change
+        collate([[doc(3, 2), doc(2, 1)], [doc(5, 1)]], 6),
+        collate([[doc(4, 1)], [doc(2, 2), doc(3, 2)], [doc(6, 1), doc(2, 1)]], 6),
+        collate([[doc(7, 2)], [doc(3, 1), doc(2, 2)], [doc(2, 1)], [doc(4, 2), doc(5, 1)]], 6),
+        collate([[doc(2, 1), doc(2, 1), doc(3, 1)], [doc(9, 2)]], 6),
+    ]
+    assert len({(tuple(b.unit.shape), b.t.shape[1]) for b in batches}) == 4
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    sched = NoiseSchedule()
+    graphs = []
+    for batch in batches:
+        losses, grads = [], []
+        for m in (eager, compiled):
+            m.zero_grad()
+            out = compute_loss(m, batch, sched, generator=torch.Generator().manual_seed(2))
+            out["loss"].backward()
+            losses.append(out["loss"].detach())
+            grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+        torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+        assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+        for n in grads[0]:
+            torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-4, rtol=1e-3, msg=n)
+    assert graphs == [1] * len(batches), graphs  # one compile, shared by the layers and by every later batch
+
+
 def test_per_token_spreads_block_vectors_exactly_with_zeros_off_the_noisy_tokens():
     """per_token (a one-hot bmm) equals an index lookup, values and gradients, with -1 slots and clean tokens zero."""
     from unimodal.model.acdit import per_token
