@@ -102,8 +102,8 @@ class TrainConfig:
     # what its checkpoint used
     weights_dtype: Literal["auto", "fp32", "bf16"] = "auto"
     # torch.compile the backbone's forward (ACDiT.compile_forward; inductor, CPU or GPU): elementwise work
-    # (modulate, norms, rotary, gates) fused. One compile per distinct batch layout (~1 min on 2 CPU cores),
-    # so it pays in long runs with few layouts (class->image); ZeRO 0-2
+    # (modulate, norms, rotary, gates) fused. Uniform-stream layouts (class->image) compile once each (~1 min on
+    # 2 CPU cores); packed text+image batches share one dynamic-shape graph per block (~25 s, once); ZeRO 0-2
     compile: bool = False
     # processes that compute the coming batches ahead while the model trains (unimodal.train.prefetch);
     # the batches are the in-process ones (same order, exact resume). 0: in the training process
