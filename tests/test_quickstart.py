@@ -82,7 +82,7 @@ def test_minutes_calibration_divides_the_budget_by_the_measured_step_time(monkey
 
     ticks = itertools.count()
     monkeypatch.setattr(qs.time, "perf_counter", lambda: next(ticks) * 0.25)
-    cfg = TrainConfig.from_file(qs.config_file("train/easyvqa_tiny.yaml"), ["batch_size=2", "pack_tokens=null"])
+    cfg = TrainConfig.from_file(qs.config_file("train/easyvqa_tiny.yaml"), ["batch_size=2", "pack_tokens=null", "compile=false"])
     steps, per_step = qs.calibrate_steps(cfg, 60.0, probe_steps=2)
     assert per_step == pytest.approx(0.275) and steps == 218
     assert qs.calibrate_steps(cfg, 0.1, probe_steps=1)[0] == 1
