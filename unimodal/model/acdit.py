@@ -602,7 +602,8 @@ class ACDiT(nn.Module):
         if (not getattr(self, "compiled", False) or torch.compiler.is_compiling() or c is None
                 or ctx.cache is not None or ctx.split is not None or ctx.backend != "sdpa"):
             return blk(x, c, batch.block_slot, batch.noisy, ctx, i)
-        args = (x, c, batch.block_slot, batch.noisy, ctx.mask, ctx.cos, ctx.sin)
+        # contiguous: a pruned batch's slot/noisy are column views, and strides are guarded (a recompile)
+        args = tuple(t.contiguous() for t in (x, c, batch.block_slot, batch.noisy, ctx.mask, ctx.cos, ctx.sin))
         for t, dims in zip(args, ((0, 1), (0, 1), (0, 1), (0, 1), (0, 2, 3), (0, 1), (0, 1))):
             for d in dims:
                 torch._dynamo.maybe_mark_dynamic(t, d)
