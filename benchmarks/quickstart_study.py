@@ -153,13 +153,6 @@ VARIANTS: dict[str, list[str]] = {
     "v2_adopted_compl_qa8": V2 + ["tokenizer.vocab_size=auto", mixture(", prompt_loss: false",
                                                                        ", qa_per_example: 8, complementary_yes_no: true")]
     + TEXTCOND,
-    # the token embedding tied to the LM head: the open colour question already turns the image's colour into the
-    # output row of "red"; tied, that row is also the input embedding of the "red" the yes/no question names, so the
-    # comparison is one dot product an attention head can read (untied, two unrelated tables must be aligned first)
-    "v2_adopted_tied": ADOPTED + ["model_overrides.tie_embeddings=true"],
-    "v2_adopted_tied_compl": V2 + ["tokenizer.vocab_size=auto", mixture(", prompt_loss: false",
-                                                                        ", qa_per_example: 4, complementary_yes_no: true")]
-    + TEXTCOND + ["model_overrides.tie_embeddings=true"],
     "v2_adopted_balanced": V2 + ["tokenizer.vocab_size=auto", mixture(", prompt_loss: false",
                                                                       ", qa_per_example: 4, balance_answers: true")]
     + TEXTCOND,
