@@ -260,10 +260,26 @@ def test_hidden_layers_range_and_the_automatic_attention_backend():
     assert m.attention_backend(cuda, False) == "sdpa"
 
 
+def assert_same_loss_and_grads(eager, compiled, batch) -> None:  # noqa: ANN001
+    """compute_loss and every parameter gradient of `compiled` equal those of `eager` on `batch` (same noise draws)."""
+    from unimodal.diffusion import NoiseSchedule, compute_loss
+
+    losses, grads = [], []
+    for m in (eager, compiled):
+        m.zero_grad()
+        out = compute_loss(m, batch, NoiseSchedule(), generator=torch.Generator().manual_seed(2))
+        out["loss"].backward()
+        losses.append(out["loss"].detach())
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-4, rtol=1e-3, msg=n)
+
+
 def test_compiled_forward_gives_the_eager_loss_and_gradients():
     """`compile_forward` (inductor) computes the same function: loss and every gradient as eager, on a
     class->image batch (the split path) and, second shape, a mixed text+image batch (the general path)."""
-    from unimodal.diffusion import NoiseSchedule, compute_loss
 
     torch.manual_seed(0)
     eager = randomize_(create_model("tiny", n_layer=2, token_dim=6, vocab_size=32, num_classes=3), std=0.05)
@@ -272,19 +288,8 @@ def test_compiled_forward_gives_the_eager_loss_and_gradients():
     x = torch.randn(3, 16, 6, generator=torch.Generator().manual_seed(1))
     c2i = collate([Example(Layout([Image(4, 4, 2, 2)]), x[i], i % 3) for i in range(3)], 6)
     mixed = collate([Example(Layout([Text([1, 7, 9]), Image(4, 4, 2, 2), Text([4, 2])]), x[i]) for i in range(3)], 6)
-    sched = NoiseSchedule()
     for batch in (c2i, mixed):
-        losses, grads = [], []
-        for m in (eager, compiled):
-            m.zero_grad()
-            out = compute_loss(m, batch, sched, generator=torch.Generator().manual_seed(2))
-            out["loss"].backward()
-            losses.append(out["loss"].detach())
-            grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
-        torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
-        assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
-        for n in grads[0]:
-            torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-4, rtol=1e-3, msg=n)
+        assert_same_loss_and_grads(eager, compiled, batch)
 
 
 def test_compiled_packed_batches_share_one_block_graph_and_give_the_eager_gradients():
@@ -293,7 +298,6 @@ def test_compiled_packed_batches_share_one_block_graph_and_give_the_eager_gradie
     compiles again, every layer shares it, and loss and gradients equal eager on each batch."""
     import torch._dynamo
 
-    from unimodal.diffusion import NoiseSchedule, compute_loss
 
     torch.manual_seed(0)
     eager = randomize_(create_model("tiny", n_layer=3, token_dim=6, vocab_size=32), std=0.05)
@@ -313,21 +317,10 @@ def test_compiled_packed_batches_share_one_block_graph_and_give_the_eager_gradie
     assert len({(tuple(b.unit.shape), b.t.shape[1]) for b in batches}) == 4
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    sched = NoiseSchedule()
     graphs = []
     for batch in batches:
-        losses, grads = [], []
-        for m in (eager, compiled):
-            m.zero_grad()
-            out = compute_loss(m, batch, sched, generator=torch.Generator().manual_seed(2))
-            out["loss"].backward()
-            losses.append(out["loss"].detach())
-            grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+        assert_same_loss_and_grads(eager, compiled, batch)
         graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-        torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
-        assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
-        for n in grads[0]:
-            torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-4, rtol=1e-3, msg=n)
     assert graphs == [1] * len(batches), graphs  # one compile, shared by the layers and by every later batch
 
 
