@@ -561,7 +561,9 @@ class ACDiT(nn.Module):
           step) runs `forward_fp` eagerly, but each transformer block through one compiled function
           (`_compiled_block`) with the rows, the columns and the noisy block slots marked dynamic:
           one graph serves every layer and every later batch, so a training run compiles once
-          (~25 s on 2 CPU cores for a 4-layer model) instead of once per layout.
+          (~25 s on 2 CPU cores for a 4-layer model) instead of once per layout. This needs the
+          dense SDPA mask; with FlexAttention (a CUDA default) the blocks of such a batch run
+          eagerly around the separately compiled flex kernel.
 
         A forward over a KV cache stays eager (its shape changes with every block): the engine
         compiles its denoising steps apart, with static shapes (`unimodal.model.block_step`,
