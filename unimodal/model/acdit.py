@@ -597,19 +597,29 @@ class ACDiT(nn.Module):
             return False
         return batch_plan(batch, prune=False).split is not None
 
-    def _block(self, i: int, x: torch.Tensor, c: torch.Tensor | None, batch: SequenceBatch, ctx: AttnContext) -> torch.Tensor:
-        """Block i on x: through `_compiled_block` when the model is compiled and this forward runs eagerly
-        (a layout that does not repeat) with a dense mask and no cache; else the block itself."""
-        blk = self.blocks[i]
+    def _block_runner(self, c: torch.Tensor | None, batch: SequenceBatch, ctx: AttnContext):  # noqa: ANN202
+        """(i, x) -> block i on x: through `_compiled_block` when the model is compiled and this forward runs
+        eagerly (a layout that does not repeat) with a dense mask and no cache; else the block itself.
+
+        The inputs every layer shares are made contiguous and marked dynamic once per forward (a pruned
+        batch's slot/noisy are column views, and strides are guarded: a recompile); only x per layer.
+        """
         if (not getattr(self, "compiled", False) or torch.compiler.is_compiling() or c is None
                 or ctx.cache is not None or ctx.split is not None or ctx.backend != "sdpa"):
-            return blk(x, c, batch.block_slot, batch.noisy, ctx, i)
-        # contiguous: a pruned batch's slot/noisy are column views, and strides are guarded (a recompile)
-        args = tuple(t.contiguous() for t in (x, c, batch.block_slot, batch.noisy, ctx.mask, ctx.cos, ctx.sin))
-        for t, dims in zip(args, ((0, 1), (0, 1), (0, 1), (0, 1), (0, 2, 3), (0, 1), (0, 1))):
+            return lambda i, x: self.blocks[i](x, c, batch.block_slot, batch.noisy, ctx, i)
+        shared = tuple(t.contiguous() for t in (c, batch.block_slot, batch.noisy, ctx.mask, ctx.cos, ctx.sin))
+        for t, dims in zip(shared, ((0, 1), (0, 1), (0, 1), (0, 2, 3), (0, 1), (0, 1))):
             for d in dims:
                 torch._dynamo.maybe_mark_dynamic(t, d)
-        return _compiled_block()(blk, *args)
+        fn = _compiled_block()
+
+        def run(i: int, x: torch.Tensor) -> torch.Tensor:
+            x = x.contiguous()
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+            torch._dynamo.maybe_mark_dynamic(x, 1)
+            return fn(self.blocks[i], x, *shared)
+
+        return run
 
     def forward_fp(
         self,
@@ -657,8 +667,9 @@ class ACDiT(nn.Module):
         ctx = AttnContext(backend, mask, cos, sin, cache, update_cache, split,
                           self.cfg.n_layer - 1 if trim else -1, mask[:, :, split[0]:] if trim else None)
         hidden = {0: x} if 0 in hidden_layers else {}
+        block = self._block_runner(c, batch, ctx)
         for i in range(len(self.blocks)):
-            x = self._block(i, x, c, batch, ctx)
+            x = block(i, x)
             if i + 1 in hidden_layers:
                 hidden[i + 1] = x
         if cache is not None and update_cache:
