@@ -94,6 +94,8 @@ def train_steps(rel: Any, off: torch.nn.Module, ours: torch.nn.Module, batch: in
     from unimodal.batch import Example, collate
     from unimodal.diffusion import NoiseSchedule, compute_loss
     from unimodal.layout import Image, Layout
+    from unimodal.train.config import TrainConfig
+    from unimodal.train.engine import adamw
 
     sched = NoiseSchedule()
     nb, bs = (GRID // BLOCK) ** 2, BLOCK * BLOCK
@@ -102,8 +104,8 @@ def train_steps(rel: Any, off: torch.nn.Module, ours: torch.nn.Module, batch: in
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
     lay = Layout([Image(GRID, GRID, BLOCK, BLOCK)])
     ub = collate([Example(lay, x0[i].reshape(nb * bs, TOKEN_DIM), int(y[i])) for i in range(batch)], TOKEN_DIM)
-    opt_o = torch.optim.AdamW(off.parameters(), lr=1e-4)
-    opt_u = torch.optim.AdamW(ours.parameters(), lr=1e-4)
+    opt_o = torch.optim.AdamW(off.parameters(), lr=1e-4)  # the release's train.py
+    opt_u = adamw([{"params": list(ours.parameters())}], TrainConfig(lr=1e-4))  # unimodal's trainer: fused AdamW
 
     def step_off() -> None:
         t = torch.randint(0, 1000, (batch, nb), generator=g)

@@ -3,8 +3,9 @@
 The reference is the general path: a batch without a layout key (no cached tables, no stream
 split), every column kept, dense SCAM mask through SDPA. Against it:
 
-* the keyed path: cached mask/rotary tables, block-broadcast AdaLN on a clean|noisy split and the
-  trimmed last layer (pure visual rows), on random image and video layouts;
+* the keyed path: cached mask/rotary tables, block-broadcast AdaLN on a clean|noisy split, split
+  attention (clean rows over clean keys only) and the trimmed last layer (pure visual rows), on
+  random image and video layouts;
 * the pruned loss (`compute_loss` dropping the columns nothing reads) on random packed
   text/image/video rows;
 * the written-out "math" attention, in fp32 (exact) and as the CPU bf16 route of SDPA;
@@ -124,6 +125,32 @@ def test_pure_visual_plan_drops_the_last_clean_block_and_splits():
     pb, plan = prune_batch(b)
     assert pb.unit.shape[1] == 128 - 16  # no noisy block reads clean block 3
     assert plan.split == (48, 4, 16) and not plan.clean_outputs
+
+
+def test_split_attention_reads_clean_keys_for_clean_rows_and_equals_reference(monkeypatch):
+    """On a clean|noisy split the clean rows attend the 48 clean keys alone and the noisy rows all 112,
+    in every layer but the trimmed last (noisy rows only); loss and gradients equal the reference."""
+    import torch.nn.functional as F
+
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append((q.shape[2], k.shape[2]))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    m, g = model(), torch.Generator().manual_seed(0)
+    lay = Layout([Image(8, 8, 4, 4)])
+    b = collate([example(lay, g) for _ in range(2)], C)
+    b.t = torch.randint(0, 1000, b.t.shape, generator=g)
+    pb, plan = prune_batch(b)
+    assert plan.split == (48, 4, 16)
+    ref = grads(m, (m(unkeyed(pb), compute_logits=False).pred ** 2).sum())
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    out = grads(m, (m(pb, compute_logits=False).pred ** 2).sum())
+    n = m.cfg.n_layer
+    assert seen == [(48, 48), (64, 112)] * (n - 1) + [(64, 112)]
+    assert_grads_close(out, ref)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA")

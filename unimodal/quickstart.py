@@ -52,13 +52,14 @@ def calibrate_steps(cfg: Any, budget_s: float, probe_steps: int = 6) -> tuple[in
     from .diffusion import NoiseSchedule, compute_loss
     from .model import ACDiT
     from .tasks import build_batch_source, build_tokenizer
+    from .train.engine import adamw, param_groups
 
     tok = build_tokenizer(cfg)
     model = ACDiT(cfg.model_config(tok.vocab_size if tok is not None else None)).set_precision(cfg.precision)
     if cfg.compile:
         model.compile_forward()
     source = build_batch_source(cfg, model.cfg, cfg.visual_config(), tok)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(param_groups(model, cfg.weight_decay), cfg)  # the trainer's optimizer
     sched, g = NoiseSchedule(cfg.schedule_config()), torch.Generator().manual_seed(0)
     times, first = [], 0.0
     for i in range(probe_steps + 1):

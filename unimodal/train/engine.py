@@ -73,6 +73,18 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return groups
 
 
+def adamw(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.AdamW:
+    """torch's AdamW with the fused kernel where every parameter's device has one (CPU and CUDA do).
+
+    The same update as the per-tensor loop in one pass over each tensor: on 2 CPU cores it takes
+    ~4 ms a step for 7.4M parameters against ~12-16 ms (benchmarks/vs_official.py times it in the step).
+    Its state (exp_avg, exp_avg_sq, a tensor step) has the same keys, so checkpoints load either way.
+    """
+    devices = {p.device.type for g in groups for p in g["params"]}
+    fused = bool(devices) and devices <= {"cpu", "cuda"}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, fused=fused)
+
+
 def create_engine(
     model: torch.nn.Module, cfg: TrainConfig, load_universal: bool = False, resumed_bf16: bool | None = None
 ) -> tuple[Any, torch.optim.Optimizer]:
@@ -81,7 +93,7 @@ def create_engine(
     `load_universal`, `resumed_bf16`: the checkpoint to resume from, as `deepspeed_config` takes them.
     """
     deepspeed = import_deepspeed(cfg)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
+    opt = adamw(param_groups(model, cfg.weight_decay), cfg)
     ds = deepspeed_config(cfg, load_universal, resumed_bf16)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
     use_weights_only_loading(engine)
