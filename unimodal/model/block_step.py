@@ -147,6 +147,7 @@ class BlockStep:
             pooled = pooled_text(model.tok_embeddings, text, k_doc, k_unit, doc[:, :1], unit.amin(1, keepdim=True))
             self.text_c = model.text_cond(pooled)  # (R, 1, D)
         self.forward = _compiled_forward(model) if compiled else (lambda *a: one_block_forward(model, *a))
+        self.compiled, self._guarded = compiled, False
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         dev = self.mask.device.type
@@ -164,9 +165,20 @@ class BlockStep:
 
     def run(self, visual: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The model output (R, n, C) in fp32 for noisy tokens (R, n, C) under one step's `conditions` (R, 1, W)."""
-        with self._autocast():
+        with self._autocast(), self._stance():
             out = self.forward(visual, cond, self.cos, self.sin, self.bias, self.past_k, self.past_v)
+        self._guarded = True
         return out.float()
+
+    def _stance(self) -> contextlib.AbstractContextManager:
+        """Compiled steps after this block's first: dynamo checks only the guards that tell its cached
+        graphs apart. Every step of a block passes tensors of the same shapes, dtypes and devices under the
+        same grad mode (only values change), and the first step ran every guard, compiling if none matched,
+        so a graph for exactly these inputs exists; the full check of the model's ~80 parameters on
+        each step cost ~1.7% of cached fp32 sampling at the release's config (0.33 ms a step)."""
+        if self.compiled and self._guarded:
+            return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+        return contextlib.nullcontext()
 
     def __call__(self, visual: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with self._autocast():
