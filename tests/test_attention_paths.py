@@ -8,7 +8,8 @@ split), every column kept, dense SCAM mask through SDPA. Against it:
   random image and video layouts;
 * the pruned loss (`compute_loss` dropping the columns nothing reads) on random packed
   text/image/video rows;
-* the written-out "math" attention, in fp32 (exact) and as the CPU bf16 route of SDPA;
+* the written-out "math" attention, in fp32 (exact) and as the CPU bf16 route of SDPA, and its
+  additive-mask form "bias" (what compiled CPU graphs run);
 * FlexAttention, where it has a backward (CUDA).
 """
 
@@ -183,12 +184,13 @@ def out_loss(o):
     return sum((v.float() ** 2).sum() for v in (o.pred, o.text_logits) if v is not None)
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_math_attention_equals_dense_sdpa_forward_and_backward(seed):
-    """attn_backend=math (softmax(q·kᵀ)·v written out) is the SDPA function on random packed text/image/video rows."""
+@pytest.mark.parametrize("seed,written", [(s, "math") for s in range(3)] + [(s, "bias") for s in range(3)])
+def test_math_attention_equals_dense_sdpa_forward_and_backward(seed, written):
+    """attn_backend=math (softmax(q·kᵀ)·v written out, boolean mask) and bias (the same with an additive fp32
+    mask, the compiled CPU route) are the SDPA function on random packed text/image/video rows."""
     b = packed_rows(seed)
     runs = []
-    for backend in ("sdpa", "math"):
+    for backend in ("sdpa", written):
         m = model(attn_backend=backend)
         o = m(b)
         runs.append((o, grads(m, out_loss(o))))

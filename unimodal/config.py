@@ -17,7 +17,7 @@ import yaml
 from .errors import ConfigError, check_fields, suggest  # re-exported
 from .registry import Registry
 
-ATTN_BACKENDS = ("auto", "sdpa", "flex", "math")
+ATTN_BACKENDS = ("auto", "sdpa", "flex", "math", "bias")
 ROPE_STYLES = ("mrope", "acdit")
 GATE_INITS = ("zero", "one")
 ROPE_FREQS = ("axis", "shared")
@@ -100,8 +100,9 @@ class ModelConfig:
     # None, or {rope_type: linear, factor} / {rope_type: llama3, factor, low_freq_factor,
     # high_freq_factor, original_max_position_embeddings}, as in a Hugging Face config.json
     rope_scaling: dict[str, Any] | None = None
-    # auto: flex on CUDA, SDPA + dense mask elsewhere (bf16 on CPU with <= 128 keys: written-out "math" attention)
-    attn_backend: Literal["auto", "sdpa", "flex", "math"] = "auto"
+    # auto: flex on CUDA, SDPA + dense mask elsewhere (bf16 on CPU with <= 128 keys: written-out "math" attention;
+    # compiled CPU graphs: written-out attention with an additive fp32 mask, "bias"). math / bias force those routes
+    attn_backend: Literal["auto", "sdpa", "flex", "math", "bias"] = "auto"
     freq_dim: int = 256  # sinusoidal timestep embedding width (release: 256)
 
     def __post_init__(self) -> None:

@@ -292,11 +292,18 @@ def test_compiled_forward_gives_the_eager_loss_and_gradients():
         assert_same_loss_and_grads(eager, compiled, batch)
 
 
-def test_compiled_packed_batches_share_one_block_graph_and_give_the_eager_gradients():
+def test_compiled_packed_batches_share_one_block_graph_and_give_the_eager_gradients(monkeypatch):
     """Packed text+image batches (a new layout, row count, length and number of noisy block slots on
     every step) run each block through one dynamic-shape graph: after the first batches nothing
-    compiles again, every layer shares it, and loss and gradients equal eager on each batch."""
+    compiles again, every layer shares it, and loss and gradients equal eager on each batch. On a CPU
+    that graph attends through the additive-mask route (one `attention_bias` a forward), eager through SDPA."""
     import torch._dynamo
+
+    from unimodal.model import acdit
+
+    biases = []  # built once per compiled forward, outside the graph, and passed to every layer's block
+    attention_bias = acdit.attention_bias
+    monkeypatch.setattr(acdit, "attention_bias", lambda m: biases.append(m.shape) or attention_bias(m))
 
 
     torch.manual_seed(0)
@@ -322,6 +329,9 @@ def test_compiled_packed_batches_share_one_block_graph_and_give_the_eager_gradie
         assert_same_loss_and_grads(eager, compiled, batch)
         graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
     assert graphs == [1] * len(batches), graphs  # one compile, shared by the layers and by every later batch
+    # one (rows, 1, L, L) bias per compiled forward, L the batch's kept (pruned) columns
+    assert [(s[0], s[1], s[2] == s[3] <= b.unit.shape[1]) for s, b in zip(biases, batches)] == [
+        (b.unit.shape[0], 1, True) for b in batches]
 
 
 def test_per_token_spreads_block_vectors_exactly_with_zeros_off_the_noisy_tokens():

@@ -99,6 +99,27 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     return a.masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype) @ v
 
 
+def bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ/√d + bias)·v for an additive fp32 bias (0 allowed, -inf not), the softmax in fp32:
+    the attention compiled CPU graphs use (`attention_bias`). Every row must allow a key, as for
+    `math_attention`."""
+    a = (q @ k.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5) + bias
+    return a.softmax(-1).to(v.dtype) @ v
+
+
+def attention_bias(mask: torch.Tensor) -> torch.Tensor:
+    """The boolean mask as an additive fp32 bias: 0 where True, -inf where False."""
+    return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def bias_route(x: torch.Tensor, rows: int, n_query: int, n_keys: int, n_head: int) -> bool:
+    """Whether a compiled CPU graph attends through `bias_attention` instead of SDPA: on a CPU, with at most
+    `STEP_SCORES_MAX` score elements. Under inductor the written-out attention with an additive bias, fused
+    around two matmuls, runs forward+backward 1.3-1.4x faster than CPU SDPA in fp32 at 112 keys and
+    1.2-2x in bf16 at 200-256 keys (2 cores); a boolean mask's masked fill compiles ~2.5x slower than the bias."""
+    return x.device.type == "cpu" and rows * n_head * n_query * n_keys <= STEP_SCORES_MAX
+
+
 def shared_rows_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b[r % Rb] for every row r of a (Ra, H, n, X) and b (Rb, H, X, Y), Ra a multiple of Rb: (Ra, H, n, Y).
 
@@ -192,8 +213,8 @@ class Attention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object, backend: str = "sdpa") -> torch.Tensor:
         """(B, Lq, D): the output projection of attention of q over k/v (Hkv heads shared by H // Hkv queries).
 
-        "sdpa" with a dense boolean mask, "flex" with a BlockMask, or "math": softmax(q·kᵀ/√d + mask)·v
-        written out. SDPA picks "math" itself for bf16 on a CPU with at most `MATH_ATTENTION_MAX_KEYS`
+        "sdpa" with a dense boolean mask, "flex" with a BlockMask, "bias" with an additive fp32 mask
+        (`bias_attention`: compiled CPU graphs), or "math": softmax(q·kᵀ/√d + mask)·v written out. SDPA picks "math" itself for bf16 on a CPU with at most `MATH_ATTENTION_MAX_KEYS`
         keys: there its fused kernel's backward is several times slower than two bf16 matmuls
         (benchmarks/results/attention_cpu.json). The choice reads only shapes and dtypes (no host sync).
         """
@@ -206,6 +227,8 @@ class Attention(nn.Module):
             backend = "math"
         if backend == "flex":
             return _flex_attention(q, k, v, mask)
+        if backend == "bias":
+            return bias_attention(q, k, v, mask)
         if backend == "math":
             return math_attention(q, k, v, mask)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -222,11 +245,11 @@ class Attention(nn.Module):
             q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
         if ctx.cache is not None:
             k, v = ctx.cache.keys_values(layer, k, v, ctx.update_cache)  # (B, Hkv, S+L, hd)
-        if ctx.clean_mask is not None and not q_from and not math_route(q, k.shape[2]):
+        if ctx.clean_mask is not None and not q_from and not (q.device.type == "cpu" and q.dtype == torch.bfloat16):
             # a clean|noisy split: clean rows never read noisy keys (SCAM), so they attend the clean columns
             # alone, and only the noisy rows read every key: the same outputs from ~3/4 of the score work.
-            # Fused SDPA only: 2.5% off the fp32 train step at the release's config; two written-out (math)
-            # attentions cost more than one (1.5-4% slower in bf16), so that route stays whole
+            # 2-2.5% off the fp32 train step at the release's config (SDPA, and the compiled bias route);
+            # in bf16 on a CPU two small attentions cost more than one (1.5-4% slower), so it stays whole
             s = ctx.split[0]
             y = torch.cat([self.heads(q[:, :, :s], k[:, :, :s], v[:, :, :s], ctx.clean_mask, ctx.backend),
                            self.heads(q[:, :, s:], k, v, ctx.q_mask, ctx.backend)], dim=2)
@@ -303,8 +326,9 @@ class Block(nn.Module):
 
 def _block_core(blk: "Block", x: torch.Tensor, c: torch.Tensor, slot: torch.Tensor, noisy: torch.Tensor,
                 mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """One block of an uncached, unsplit forward with a dense mask: what `_compiled_block` compiles."""
-    return blk(x, c, slot, noisy, AttnContext("sdpa", mask, cos, sin), 0)
+    """One block of an uncached, unsplit forward with a dense mask: what `_compiled_block` compiles.
+    mask: boolean (SDPA) or an fp32 `attention_bias` ("bias" route)."""
+    return blk(x, c, slot, noisy, AttnContext("sdpa" if mask.dtype == torch.bool else "bias", mask, cos, sin), 0)
 
 
 _block_compiled = None
@@ -624,7 +648,10 @@ class ACDiT(nn.Module):
         if (not getattr(self, "compiled", False) or torch.compiler.is_compiling() or c is None
                 or ctx.cache is not None or ctx.split is not None or ctx.backend != "sdpa"):
             return lambda i, x: self.blocks[i](x, c, batch.block_slot, batch.noisy, ctx, i)
-        shared = tuple(t.contiguous() for t in (c, batch.block_slot, batch.noisy, ctx.mask, ctx.cos, ctx.sin))
+        mask = ctx.mask
+        if bias_route(c, *mask.shape[:1], *mask.shape[2:], self.cfg.n_head):
+            mask = attention_bias(mask)  # built once here, read by every layer's compiled block
+        shared = tuple(t.contiguous() for t in (c, batch.block_slot, batch.noisy, mask, ctx.cos, ctx.sin))
         for t, dims in zip(shared, ((0, 1), (0, 1), (0, 1), (0, 2, 3), (0, 1), (0, 1))):
             for d in dims:
                 torch._dynamo.maybe_mark_dynamic(t, d)
@@ -684,6 +711,11 @@ class ACDiT(nn.Module):
         # split attention (Attention.forward): clean columns 0..s, then the noisy stream to the end of the row
         split_attn = (split is not None and cache is None and backend == "sdpa" and split[0] > 0
                       and split[0] + split[1] * split[2] == batch.unit.shape[1])
+        if (torch.compiler.is_compiling() and backend == "sdpa" and cache is None
+                and bias_route(x, *mask.shape[:1], *mask.shape[2:], self.cfg.n_head)):
+            backend = "bias"
+        if backend == "bias":
+            mask = attention_bias(mask)  # one bias per forward, every layer reads it
         ctx = AttnContext(backend, mask, cos, sin, cache, update_cache, split,
                           self.cfg.n_layer - 1 if trim else -1,
                           mask[:, :, split[0]:] if trim or split_attn else None,
