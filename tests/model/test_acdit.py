@@ -379,3 +379,40 @@ def test_shared_rows_matmul_equals_the_tiled_product(rep):
     g = torch.Generator().manual_seed(rep)
     a, b = torch.randn(rep * 4, 3, 5, 7, generator=g), torch.randn(4, 3, 7, 6, generator=g)
     torch.testing.assert_close(shared_rows_matmul(a, b), a @ b.repeat(rep, 1, 1, 1))
+
+
+@pytest.mark.parametrize("kv_heads,qk_norm,bf16", [(None, True, False), (None, True, True), (1, True, False),
+                                                   (None, False, False), (1, False, True)])
+def test_rotary_qkv_equals_project_then_rope(kv_heads, qk_norm, bf16):
+    """`Attention.rotary_qkv` (fp32: norm and rotary in the projection's row layout, q and k as one tensor) is
+    `project` then `apply_rope`: q, k, v and the gradients of every input and weight, for multi-head and
+    grouped-query attention, with and without QK-norm, in fp32 and under bf16 autocast."""
+    from unimodal.model.rope import apply_rope
+
+    torch.manual_seed(0)
+    kw = {"n_kv_head": kv_heads} if kv_heads else {}
+    m = randomize_(create_model("tiny", n_layer=1, token_dim=4, vocab_size=8, qk_norm=qk_norm, **kw), std=0.1)
+    attn = m.blocks[0].attn
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 5, m.cfg.d_model, generator=g, requires_grad=True)
+    cos, sin = (torch.randn(2, 5, m.cfg.head_dim, generator=g) for _ in range(2))
+    ctx = torch.autocast("cpu", torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
+
+    def run(fast: bool):
+        with ctx:
+            if fast:
+                out = attn.rotary_qkv(x, cos, sin)
+            else:
+                q, k, v = attn.project(x)
+                out = apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        loss = sum((t.float() * torch.randn(t.shape, generator=torch.Generator().manual_seed(i))).sum()
+                   for i, t in enumerate(out))
+        params = [attn.qkv.weight, attn.qkv.bias] + ([attn.q_norm.weight, attn.k_norm.weight] if qk_norm else [])
+        grads = torch.autograd.grad(loss, [x, *params])
+        return [t.detach() for t in out], grads
+
+    (out_a, grad_a), (out_b, grad_b) = run(True), run(False)
+    tol = dict(atol=2e-2, rtol=2e-2) if bf16 else dict(atol=1e-5, rtol=1e-5)
+    for a, b in zip(out_a + list(grad_a), out_b + list(grad_b)):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a.float(), b.float(), **tol)

@@ -104,6 +104,13 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
+def apply_rope_rows(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` for x in the projection's (B, L, ..., hd) layout (any head axes after L), by (B, L, hd) tables."""
+    shape = cos.shape[:2] + (1,) * (x.dim() - 3) + cos.shape[2:]
+    xf = x.float()
+    return (xf * cos.view(shape) + rotate_half(xf) * sin.view(shape)).to(x.dtype)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate (B, H, L, hd) by (B, L, hd) tables, computed in fp32 and cast back."""
     cos, sin = cos[:, None], sin[:, None]  # (B, 1, L, hd)
