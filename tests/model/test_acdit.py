@@ -384,9 +384,10 @@ def test_shared_rows_matmul_equals_the_tiled_product(rep):
 @pytest.mark.parametrize("kv_heads,qk_norm,bf16", [(None, True, False), (None, True, True), (1, True, False),
                                                    (None, False, False), (1, False, True)])
 def test_rotary_qkv_equals_project_then_rope(kv_heads, qk_norm, bf16):
-    """`Attention.rotary_qkv` (fp32: norm and rotary in the projection's row layout, q and k as one tensor) is
-    `project` then `apply_rope`: q, k, v and the gradients of every input and weight, for multi-head and
-    grouped-query attention, with and without QK-norm, in fp32 and under bf16 autocast."""
+    """The row-layout attention inputs (`Attention._rows_qkv`: norm and rotary in the projection's layout, q and k
+    as one tensor; what a compiled fp32 graph runs) are `project` then `apply_rope`: q, k, v and the gradients of
+    every input and weight, for multi-head and grouped-query attention, with and without QK-norm, in fp32 and
+    under bf16 autocast."""
     from unimodal.model.rope import apply_rope
 
     torch.manual_seed(0)
@@ -401,7 +402,7 @@ def test_rotary_qkv_equals_project_then_rope(kv_heads, qk_norm, bf16):
     def run(fast: bool):
         with ctx:
             if fast:
-                out = attn.rotary_qkv(x, cos, sin)
+                out = attn._rows_qkv(attn.qkv(x), cos, sin)
             else:
                 q, k, v = attn.project(x)
                 out = apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
