@@ -258,8 +258,9 @@ class Attention(nn.Module):
         """(B, Lq, D): the output projection of attention of q over k/v (Hkv heads shared by H // Hkv queries).
 
         "sdpa" with a dense boolean mask, "flex" with a BlockMask, "bias" with an additive fp32 mask
-        (`bias_attention`: compiled CPU graphs), or "math": softmax(q·kᵀ/√d + mask)·v written out. SDPA picks "math" itself for bf16 on a CPU with at most `MATH_ATTENTION_MAX_KEYS`
-        keys: there its fused kernel's backward is several times slower than two bf16 matmuls
+        (`bias_attention`: compiled CPU graphs), or "math": softmax(q·kᵀ/√d + mask)·v written out.
+        SDPA picks "math" itself for bf16 on a CPU with at most `MATH_ATTENTION_MAX_KEYS` keys: there
+        its fused kernel's backward is several times slower than two bf16 matmuls
         (benchmarks/results/attention_cpu.json). The choice reads only shapes and dtypes (no host sync).
         """
         return self._out(self.heads(q, k, v, mask, backend))
