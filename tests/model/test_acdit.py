@@ -280,7 +280,6 @@ def assert_same_loss_and_grads(eager, compiled, batch) -> None:  # noqa: ANN001
 def test_compiled_forward_gives_the_eager_loss_and_gradients():
     """`compile_forward` (inductor) computes the same function: loss and every gradient as eager, on a
     class->image batch (the split path) and, second shape, a mixed text+image batch (the general path)."""
-
     torch.manual_seed(0)
     eager = randomize_(create_model("tiny", n_layer=2, token_dim=6, vocab_size=32, num_classes=3), std=0.05)
     compiled = copy.deepcopy(eager).compile_forward()
@@ -304,7 +303,6 @@ def test_compiled_packed_batches_share_one_block_graph_and_give_the_eager_gradie
     biases = []  # built once per compiled forward, outside the graph, and passed to every layer's block
     attention_bias = acdit.attention_bias
     monkeypatch.setattr(acdit, "attention_bias", lambda m: biases.append(m.shape) or attention_bias(m))
-
 
     torch.manual_seed(0)
     eager = randomize_(create_model("tiny", n_layer=3, token_dim=6, vocab_size=32), std=0.05)
