@@ -354,6 +354,22 @@ def vqa_breakdown(samples_jsonl: Path) -> dict[str, Any]:
     return {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(acc.items())}
 
 
+def yes_no_by_truth(samples_jsonl: Path) -> dict[str, Any]:
+    """Yes/no accuracy per question type and true answer: does the model read the image?
+
+    A model that answers from the template alone scores 1.0 on one truth and 0.0 on the other
+    ("is there a X shape?" -> no, "is there not a X shape?" -> yes); one that reads the image
+    scores alike on both.
+    """
+    acc: dict[str, list[float]] = {}
+    for line in samples_jsonl.read_text().splitlines():
+        r = json.loads(line) if line.strip() else {}
+        if r.get("task") == "easyvqa_vqa" and r["references"][0] in ("yes", "no"):
+            key = f"{vqa_question_type(r['question'])}, truth {r['references'][0]}"
+            acc.setdefault(key, []).append(float(r["scores"]["vqa_accuracy"]))
+    return {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(acc.items())}
+
+
 def hist_reused(res: Any) -> bool:
     return isinstance(res, argparse.Namespace)
 
@@ -398,6 +414,7 @@ def run_job(name: str, minutes: float, seed: int) -> dict[str, Any]:
     diag = diagnostics(Path(res.checkpoint), out)
     if "easyvqa_vqa" in tasks:
         diag["vqa_by_question_type"] = vqa_breakdown(out / "eval" / "results.samples.jsonl")
+        diag["vqa_yes_no_by_truth"] = yes_no_by_truth(out / "eval" / "results.samples.jsonl")
     row = {
         "variant": name, "overrides": VARIANTS[name], "seed": seed, "minutes_budget": minutes, "steps": steps,
         "seconds_per_step_used": sps, "warmup_steps": warmup, "train_wall_s": train_s, "eval_wall_s": eval_s,
@@ -492,6 +509,27 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     img.save(path)
 
 
+def summarise_quickstart_runs(specs: list[str]) -> None:
+    """Add NAME=DIR quickstart runs to quickstart_variants.json (replacing a NAME already there)."""
+    path = RESULTS / "quickstart_variants.json"
+    doc = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    doc["what"] = ("`unimodal quickstart` runs, the default command or one override (see each run's config.yaml), "
+                   "2 CPU cores; vqa_yes_no_by_truth shows whether yes/no answers read the image")
+    for spec in specs:
+        name, sep, out = spec.partition("=")
+        out_dir = Path(out)
+        if not sep or not (out_dir / "summary.json").is_file():
+            raise SystemExit(f"--quickstart-runs takes NAME=DIR with DIR/summary.json; got {spec!r}")
+        summary = json.loads((out_dir / "summary.json").read_text())
+        samples = out_dir / "eval" / "results.samples.jsonl"
+        doc["runs"][name] = {"dir": str(out_dir), "steps": summary["steps"], "train_s": summary["train_s"],
+                             "total_s": summary["total_s"], "headline": summary["headline"],
+                             "vqa_by_question_type": vqa_breakdown(samples), "vqa_yes_no_by_truth": yes_no_by_truth(samples)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2))
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", default="today@5,flow@5,today@10,flow@10", help="variant@minutes[:seed], comma separated")
@@ -504,7 +542,13 @@ def main() -> None:
                     help="seconds per step of the recipe to convert minutes to steps (default: measured once and stored)")
     ap.add_argument("--eval-limit", type=int, default=300, help="samples per eval task (300 as the quickstart)")
     ap.add_argument("--json", default=None, help="results JSON (default benchmarks/results/quickstart_study.json)")
+    ap.add_argument("--quickstart-runs", nargs="+", metavar="NAME=DIR", default=None,
+                    help="summarise finished `unimodal quickstart --out DIR` runs (headline, VQA by question type and "
+                         "true answer) into benchmarks/results/quickstart_variants.json, and exit")
     args = ap.parse_args()
+    if args.quickstart_runs:
+        summarise_quickstart_runs(args.quickstart_runs)
+        return
     global JSON_PATH, PLOT_PATH, RUNS, EVAL_LIMIT
     if args.json:
         JSON_PATH, PLOT_PATH = Path(args.json), Path(args.json).with_suffix(".png")
