@@ -18,6 +18,7 @@ from .errors import ConfigError, check_fields, suggest  # re-exported
 from .registry import Registry
 
 ATTN_BACKENDS = ("auto", "sdpa", "flex", "math", "bias")
+CPU_LINEARS = ("auto", "aten", "onednn")
 ROPE_STYLES = ("mrope", "acdit")
 GATE_INITS = ("zero", "one")
 ROPE_FREQS = ("axis", "shared")
@@ -104,6 +105,10 @@ class ModelConfig:
     # compiled CPU graphs: written-out attention with an additive fp32 mask, "bias"). math / bias force those routes
     attn_backend: Literal["auto", "sdpa", "flex", "math", "bias"] = "auto"
     freq_dim: int = 256  # sinusoidal timestep embedding width (release: 256)
+    # the GEMM of the token-wise projections (qkv, proj, MLP) in fp32 on a CPU: "onednn" (unimodal.model.cpu_gemm;
+    # auto, where torch ships it) or "aten" (F.linear: the BLAS torch was built with). bf16, autocast and CUDA
+    # always take F.linear. Both are true fp32 GEMMs; the parameters are the same
+    cpu_linear: Literal["auto", "aten", "onednn"] = "auto"
 
     def __post_init__(self) -> None:
         self.rope_axes = tuple(int(a) for a in self.rope_axes)  # YAML gives lists
@@ -166,6 +171,8 @@ class ModelConfig:
             raise ConfigError(
                 f"ModelConfig.attn_backend={self.attn_backend!r} is invalid: must be one of {ATTN_BACKENDS}"
             )
+        if self.cpu_linear not in CPU_LINEARS:
+            raise ConfigError(f"ModelConfig.cpu_linear={self.cpu_linear!r} is invalid: must be one of {CPU_LINEARS}")
         if self.tie_embeddings and self.vocab_size == 0:
             raise ConfigError("ModelConfig.tie_embeddings=True needs vocab_size > 0")
         if not isinstance(self.text_condition, bool):

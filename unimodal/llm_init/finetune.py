@@ -113,7 +113,7 @@ class LoraSpec:
 
     def resolve(self, model: nn.Module) -> list[str]:
         """Full names of the Linear modules this spec wraps (in model order)."""
-        linears = [n for n, m in model.named_modules() if type(m) is nn.Linear]
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]  # cpu_gemm.Linear too
         tied = getattr(getattr(model, "cfg", None), "tie_embeddings", False)
         if self.target_modules is None:
             if self.side in ("text", "all"):

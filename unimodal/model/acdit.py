@@ -24,6 +24,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from ..layout import PAD_DOC, TEXT
 from ..masks import dense_mask, scam_block_mask
+from .cpu_gemm import Linear, set_cpu_linear
 from .kv_cache import KVCache
 from .rope import apply_rope, apply_rope_rows, rope_tables
 
@@ -149,13 +150,13 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.head_dim, self.n_kv = cfg.n_head, cfg.head_dim, cfg.kv_heads
         # one fused projection: [q (H heads); k (Hkv heads); v (Hkv heads)]
-        self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv) * cfg.head_dim, bias=cfg.qkv_bias)
+        self.qkv = Linear(cfg.d_model, (self.n_head + 2 * self.n_kv) * cfg.head_dim, bias=cfg.qkv_bias)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
         else:
             self.q_norm = self.k_norm = nn.Identity()
-        self.proj = nn.Linear(self.n_head * cfg.head_dim, cfg.d_model, bias=cfg.proj_bias)
+        self.proj = Linear(self.n_head * cfg.head_dim, cfg.d_model, bias=cfg.proj_bias)
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q (B, H, L, hd), k and v (B, Hkv, L, hd) of x, after QK-norm and before RoPE."""
@@ -302,8 +303,8 @@ class MLP(nn.Module):
         super().__init__()
         hidden = cfg.mlp_hidden
         self.swiglu = cfg.mlp == "swiglu"
-        self.fc1 = nn.Linear(cfg.d_model, 2 * hidden if self.swiglu else hidden, bias=cfg.mlp_bias)
-        self.fc2 = nn.Linear(hidden, cfg.d_model, bias=cfg.mlp_bias)
+        self.fc1 = Linear(cfg.d_model, 2 * hidden if self.swiglu else hidden, bias=cfg.mlp_bias)
+        self.fc2 = Linear(hidden, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
@@ -547,6 +548,7 @@ class ACDiT(nn.Module):
             self.text_norm = RMSNorm(D, cfg.norm_eps)
             self.lm_head = nn.Linear(D, cfg.vocab_size, bias=False)
         self.initialize_weights()
+        set_cpu_linear(self, "aten" if cfg.cpu_linear == "aten" else "onednn")
 
     def initialize_weights(self) -> None:
         """All initialisation in one place (DiT / the release)."""
