@@ -40,6 +40,20 @@ def test_onednn_linear_equals_f_linear_values_and_gradients(bias):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-4, msg=lambda s, n=name: f"grad of {n}: {s}")
 
 
+def test_flop_counter_counts_the_route_like_f_linear():
+    """FLOP counts (benchmarks' shares of peak, cached-vs-recompute ideals) see the oneDNN GEMM, backward included."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = []
+    for route in ("aten", "onednn"):
+        lin = Linear(24, 40)
+        set_cpu_linear(lin, route)
+        with FlopCounterMode(display=False) as fc:
+            lin(torch.randn(3, 5, 24, requires_grad=True)).sum().backward()
+        counts.append(fc.get_total_flops())
+    assert counts[0] == counts[1] == 3 * 2 * 15 * 24 * 40
+
+
 def test_linear_routes_only_fp32_cpu_outside_autocast(monkeypatch):
     calls = []
     import unimodal.model.cpu_gemm as cg

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.flop_counter import register_flop_formula
 
 CPU_LINEARS = ("aten", "onednn")  # routes; ModelConfig.cpu_linear adds "auto" (onednn where available)
 
@@ -58,6 +59,12 @@ def _backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN202
 
 
 onednn_linear.register_autograd(_backward, setup_context=_setup)
+
+
+@register_flop_formula(torch.ops.unimodal.onednn_linear)
+def _flops(x_shape, weight_shape, *args, **kwargs) -> int:  # noqa: ANN001, ANN002, ANN003
+    """2·N·in·out, as FlopCounterMode counts `addmm`: FLOP counts and shares of peak see this GEMM too."""
+    return 2 * x_shape[0] * x_shape[1] * weight_shape[0]
 
 
 def takes_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
