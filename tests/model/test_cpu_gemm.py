@@ -40,6 +40,18 @@ def test_onednn_linear_equals_f_linear_values_and_gradients(bias):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-4, msg=lambda s, n=name: f"grad of {n}: {s}")
 
 
+def test_frozen_weight_gets_no_gradient_and_input_gradient_stays_exact():
+    """A frozen weight (a LoRA base) is skipped in backward; the input gradient is unchanged."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(9, 12, generator=g, requires_grad=True)
+    w, b = torch.randn(7, 12, generator=g), torch.randn(7, generator=g)
+    onednn_linear(x, w, b).square().sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    F.linear(x2, w, b).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
+    assert w.grad is None and b.grad is None
+
+
 def test_flop_counter_counts_the_route_like_f_linear():
     """FLOP counts (benchmarks' shares of peak, cached-vs-recompute ideals) see the oneDNN GEMM, backward included."""
     from torch.utils.flop_counter import FlopCounterMode

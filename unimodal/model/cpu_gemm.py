@@ -10,7 +10,7 @@ one keeps `mm`. Both are true fp32 GEMMs (oneDNN's fp32 math mode is left at "ie
 `Linear` is an `nn.Linear` (same parameters and state dict, so checkpoints, LoRA wrapping and
 ZeRO hooks are unchanged) whose forward takes the oneDNN route only for fp32 inputs on a CPU
 outside autocast, when its `route` says so (ModelConfig.cpu_linear, set by the model). Everything
-else (bf16, autocast, CUDA, integer-free meta tensors) calls `F.linear` unchanged.
+else (bf16, autocast, CUDA or empty inputs) calls `F.linear` unchanged.
 
 The route is a registered custom op (`unimodal::onednn_linear`) with a fake kernel and its own
 backward, so torch.compile keeps it as one extern call in the graph (inductor's own lowering of
@@ -53,9 +53,10 @@ def _setup(ctx, inputs, output) -> None:  # noqa: ANN001
 
 def _backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN202
     x, weight = ctx.saved_tensors
-    grad_x = onednn_linear(grad, weight.t().contiguous(), None)  # (N, out) · (out, in): oneDNN again
-    grad_w = grad.t() @ x  # (out, N) · (N, in): MKL's mm is the faster one here
-    return grad_x, grad_w, grad.sum(0) if ctx.has_bias else None
+    need_x, need_w, need_b = ctx.needs_input_grad  # a frozen weight (LoRA's base) costs no weight GEMM
+    grad_x = onednn_linear(grad, weight.t().contiguous(), None) if need_x else None  # (N, out)·(out, in): oneDNN
+    grad_w = grad.t() @ x if need_w else None  # (out, N) · (N, in): MKL's mm is the faster one here
+    return grad_x, grad_w, grad.sum(0) if ctx.has_bias and need_b else None
 
 
 onednn_linear.register_autograd(_backward, setup_context=_setup)
