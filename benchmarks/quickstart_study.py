@@ -344,14 +344,20 @@ def vqa_question_type(question: str) -> str:
     return attr + ("/yes-no negated" if {"not", "no"} & set(words) else "/yes-no")
 
 
-def vqa_breakdown(samples_jsonl: Path) -> dict[str, Any]:
-    """VQA accuracy per question type, from an eval run's per-sample file (`results.samples.jsonl`)."""
+def _vqa_accuracy_by(samples_jsonl: Path, key: Any) -> dict[str, Any]:
+    """VQA accuracy of an eval run's per-sample file (`results.samples.jsonl`) grouped by key(row) (None: skip)."""
     acc: dict[str, list[float]] = {}
     for line in samples_jsonl.read_text().splitlines():
         r = json.loads(line) if line.strip() else {}
-        if r.get("task") == "easyvqa_vqa":
-            acc.setdefault(vqa_question_type(r["question"]), []).append(float(r["scores"]["vqa_accuracy"]))
+        k = key(r) if r.get("task") == "easyvqa_vqa" else None
+        if k is not None:
+            acc.setdefault(k, []).append(float(r["scores"]["vqa_accuracy"]))
     return {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(acc.items())}
+
+
+def vqa_breakdown(samples_jsonl: Path) -> dict[str, Any]:
+    """VQA accuracy per question type."""
+    return _vqa_accuracy_by(samples_jsonl, lambda r: vqa_question_type(r["question"]))
 
 
 def yes_no_by_truth(samples_jsonl: Path) -> dict[str, Any]:
@@ -361,13 +367,11 @@ def yes_no_by_truth(samples_jsonl: Path) -> dict[str, Any]:
     ("is there a X shape?" -> no, "is there not a X shape?" -> yes); one that reads the image
     scores alike on both.
     """
-    acc: dict[str, list[float]] = {}
-    for line in samples_jsonl.read_text().splitlines():
-        r = json.loads(line) if line.strip() else {}
-        if r.get("task") == "easyvqa_vqa" and r["references"][0] in ("yes", "no"):
-            key = f"{vqa_question_type(r['question'])}, truth {r['references'][0]}"
-            acc.setdefault(key, []).append(float(r["scores"]["vqa_accuracy"]))
-    return {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(acc.items())}
+    def key(r: dict[str, Any]) -> str | None:
+        truth = r["references"][0]
+        return f"{vqa_question_type(r['question'])}, truth {truth}" if truth in ("yes", "no") else None
+
+    return _vqa_accuracy_by(samples_jsonl, key)
 
 
 def hist_reused(res: Any) -> bool:
@@ -513,7 +517,7 @@ def summarise_quickstart_runs(specs: list[str]) -> None:
     """Add NAME=DIR quickstart runs to quickstart_variants.json (replacing a NAME already there)."""
     path = RESULTS / "quickstart_variants.json"
     doc = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-    doc["what"] = ("`unimodal quickstart` runs, the default command or one override (see each run's config.yaml), "
+    doc["what"] = ("`unimodal quickstart` runs: the default command, or the one override a run's name gives, "
                    "2 CPU cores; vqa_yes_no_by_truth shows whether yes/no answers read the image")
     for spec in specs:
         name, sep, out = spec.partition("=")
