@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from model_helpers import randomize_
 
-from unimodal.batch import collate
+from unimodal.batch import Example, collate
 from unimodal.config import ModelConfig
 from unimodal.errors import ConfigError
 from unimodal.layout import Image, Layout, Text
@@ -93,10 +93,8 @@ def test_model_routes_equal_on_a_packed_batch():
     rows = []
     for _ in range(3):
         lay = Layout([Text([r.randint(1, 39) for _ in range(3)]), Image(4, 4, 2, 2, noisy=True), Text([5, 6])])
-        rows.append([(lay, torch.randn(lay.num_visual_tokens, 8, generator=g))])
-    from unimodal.batch import Example
-
-    batch = collate([[Example(lay, v, 1) for lay, v in row] for row in rows], 8)
+        rows.append([Example(lay, torch.randn(lay.num_visual_tokens, 8, generator=g), 1)])
+    batch = collate(rows, 8)
     batch.t = torch.randint(0, 1000, batch.t.shape, generator=g)
     batch = batch.replace(layout_key=None)
     runs = []
